@@ -1,0 +1,28 @@
+# Two commands do everything on a fresh machine: `make train` and `make test`.
+# Each creates .venv/ and installs the project (editable, with test extras) the first time,
+# and again only when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export WANDB_MODE ?= offline
+export HYDRA_FULL_ERROR ?= 0
+
+.PHONY: train test test-fast setup
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v java >/dev/null || echo "warning: java not found; METEOR and the PTB tokenizer of pycocoevalcap need Java (apt-get install -y openjdk-17-jre-headless)"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) train.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(ARGS)
