@@ -1,0 +1,201 @@
+"""Shards -> decoded samples -> `task.preprocess` -> collated batches, split over DDP ranks and workers.
+
+- `TrainStream`: endless resampled shards (seeded by seed, epoch, rank, worker), a shuffle buffer of raw
+  samples, a per-sample task mixture, and exactly `batches_per_epoch` batches per rank, spread over the
+  workers, so every rank runs the same number of steps (no DDP hang at the epoch end).
+- `EvalStream`: one finite pass in which every sample is read by exactly one (rank, worker): whole shards
+  when there are at least as many shards as readers, else every reader keeps every n-th sample.
+
+Rank and world size are passed in explicitly (webdataset's `split_by_node` guesses from the environment,
+which Lightning's spawned processes do not set). Batches are built in the workers: use `ShardLoader`.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ofa.datamodules.collate import collate
+from ofa.datamodules.shards import SkipCounter, SkipSample, decode_sample, read_shard
+
+MAX_CONSECUTIVE_SKIPS = 1000  # a training source that yields nothing for this long is misconfigured
+
+
+@dataclass
+class Source:
+    """One task's shards for one split, with its mixture weight (training only)."""
+
+    task: Any  # has `.name` and `.preprocess(raw, split) -> dict | None`
+    urls: list[str]
+    weight: float = 1.0
+
+
+@dataclass
+class StreamConfig:
+    """Settings shared by the train and eval streams."""
+
+    batch_size: int
+    pad_id: int
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    max_image_pixels: int = 50_000_000
+    shuffle_buffer: int = 1000
+
+
+def prepare(raw: dict[str, Any], task: Any, split: str, cfg: StreamConfig, counter: SkipCounter) -> dict | None:
+    """Decode and preprocess one raw sample; None (counted by reason) if it cannot be used."""
+    try:
+        item = decode_sample(raw, cfg.max_image_pixels)
+    except SkipSample as skip:
+        counter.add(skip.reason, skip.detail)
+        return None
+    try:
+        sample = task.preprocess(item, split)
+    except Exception as exn:  # noqa: BLE001 - one bad sample must not end a run; counted and warned once
+        counter.add("preprocess_error", f"{task.name} {raw['__key__']}: {exn!r}")
+        return None
+    if sample is None:
+        counter.add("missing_fields", f"{task.name} {raw['__key__']} ({raw['__url__']})")
+    return sample
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _seed_worker(tag: str) -> None:
+    """Seed the global RNGs used by task augmentations, in worker processes only (never the trainer's)."""
+    if get_worker_info() is None:
+        return
+    seed = int.from_bytes(hashlib.sha256(tag.encode()).digest()[:4], "little")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class _Stream(IterableDataset):
+    def __init__(self, cfg: StreamConfig, counter: SkipCounter) -> None:
+        self.cfg, self.counter = cfg, counter
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # seen by (persistent) workers
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
+
+    def _batches(self, samples: Iterator[dict]) -> Iterator[dict]:
+        """Collate consecutive samples; the last batch may be short."""
+        while batch := list(itertools.islice(samples, self.cfg.batch_size)):
+            yield collate(batch, self.cfg.pad_id)
+
+
+class TrainStream(_Stream):
+    """Endless weighted per-sample mixture of `sources`; `batches_per_epoch` batches per rank per pass."""
+
+    def __init__(self, sources: Sequence[Source], batches_per_epoch: int, cfg: StreamConfig,
+                 counter: SkipCounter) -> None:
+        super().__init__(cfg, counter)
+        if not sources:
+            raise ValueError("TrainStream: no training sources")
+        if any(not s.weight > 0 for s in sources):
+            raise ValueError(f"TrainStream: mixture weights must be > 0, got {[s.weight for s in sources]}")
+        if batches_per_epoch < 1:
+            raise ValueError(f"TrainStream: batches_per_epoch must be >= 1, got {batches_per_epoch}")
+        self.sources, self.batches_per_epoch = list(sources), batches_per_epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker()
+        quota = self.batches_per_epoch // num_workers + (worker < self.batches_per_epoch % num_workers)
+        tag = f"{self.cfg.seed}/{int(self._epoch)}/{self.cfg.rank}/{worker}"
+        _seed_worker(tag)
+        streams = [self._samples(s, f"{tag}/{i}") for i, s in enumerate(self.sources)]
+        return itertools.islice(self._batches(self._mix(streams, random.Random(tag))), quota)
+
+    def _mix(self, streams: list[Iterator[dict]], rng: random.Random) -> Iterator[dict]:
+        indices, weights = range(len(streams)), [s.weight for s in self.sources]
+        while True:
+            yield next(streams[rng.choices(indices, weights)[0]])
+
+    def _samples(self, source: Source, tag: str) -> Iterator[dict]:
+        """Endless preprocessed samples of one source: random shards (with replacement), shuffled samples."""
+        rng = random.Random(tag)
+        raw = wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=rng)(
+            self._resampled(source, rng))
+        skipped = 0
+        for item in raw:
+            sample = prepare(item, source.task, "train", self.cfg, self.counter)
+            skipped = 0 if sample is not None else skipped + 1
+            if sample is not None:
+                yield sample
+            elif skipped >= MAX_CONSECUTIVE_SKIPS:
+                self._give_up(source, f"{skipped} consecutive samples were skipped")
+
+    def _resampled(self, source: Source, rng: random.Random) -> Iterator[dict]:
+        """Raw samples of shards drawn with replacement, forever."""
+        empty = 0
+        while True:
+            n = 0
+            for n, raw in enumerate(read_shard(rng.choice(source.urls), self.counter), 1):
+                yield raw
+            empty = 0 if n else empty + 1
+            if empty >= MAX_CONSECUTIVE_SKIPS:
+                self._give_up(source, f"{empty} consecutive shards gave no samples")
+
+    def _give_up(self, source: Source, why: str) -> None:
+        raise RuntimeError(f"no usable training data for task {source.task.name!r}: {why}; "
+                           f"skipped so far {self.counter.counts()}")
+
+
+class EvalStream(_Stream):
+    """One finite pass over `source` split over ranks and workers: each sample exactly once overall."""
+
+    def __init__(self, source: Source, split: str, cfg: StreamConfig, counter: SkipCounter) -> None:
+        super().__init__(cfg, counter)
+        self.source, self.split = source, split
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker()
+        reader, readers = self.cfg.rank * num_workers + worker, self.cfg.world_size * num_workers
+        _seed_worker(f"{self.cfg.seed}/{self.split}/{self.cfg.rank}/{worker}")
+        raws = self._my_raw_samples(reader, readers)
+        samples = (prepare(r, self.source.task, self.split, self.cfg, self.counter) for r in raws)
+        return self._batches(s for s in samples if s is not None)
+
+    def _my_raw_samples(self, reader: int, readers: int) -> Iterator[dict]:
+        urls = self.source.urls
+        if len(urls) >= readers:  # whole shards per reader
+            return itertools.chain.from_iterable(read_shard(u, self.counter) for u in urls[reader::readers])
+        # fewer shards than readers: all read everything (shard errors counted by one reader), keep every n-th
+        everything = itertools.chain.from_iterable(
+            read_shard(u, self.counter if i % readers == reader else None) for i, u in enumerate(urls))
+        return itertools.islice(everything, reader, None, readers)
+
+
+class ShardLoader(DataLoader):
+    """DataLoader over a `TrainStream`/`EvalStream` (which yield whole batches); before each pass it sets
+    the stream's epoch from `epoch_fn()` (e.g. the trainer's current epoch), else counts passes itself."""
+
+    def __init__(self, dataset: _Stream, epoch_fn: Callable[[], int | None] | None = None, **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self.epoch_fn, self.next_epoch = epoch_fn, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.next_epoch = epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        epoch = self.epoch_fn() if self.epoch_fn is not None else None
+        epoch = self.next_epoch if epoch is None else epoch
+        self.dataset.set_epoch(epoch)
+        self.next_epoch = epoch + 1
+        return super().__iter__()

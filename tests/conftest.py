@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny synthetic shapes dataset (WebDataset shards) and its trained tokenizer.
+
+- `synthetic_data_dir`: Path of the dataset (48 train / 16 val / 16 test images of 64x64, 8 per shard:
+  `train-{000000..000005}.tar`, `val-{000000..000001}.tar`, `test-...`, plus answers.json, classes.json,
+  sizes.json, summary.json and tokenizer.json). Session-scoped; generated in about a second.
+- `synthetic_shards`: split -> absolute brace pattern of that split's shards.
+- `tokenizer`: the dataset's `OFATokenizer` (trained layout, 8192 codes, 1000 bins).
+- `stub_task`: factory of a minimal task (`name`, `preprocess`) for data tests that need no real task.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from ofa.datamodules.synthetic import ensure_synthetic_dataset
+from ofa.tokenizer import OFATokenizer, build_tokenizer
+
+SYNTHETIC_TEST_CONFIG = dict(num_train=48, num_val=16, num_test=16, image_size=64, shard_size=8, vocab_size=500)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "data", **SYNTHETIC_TEST_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(synthetic_data_dir: Path) -> dict[str, str]:
+    patterns = json.loads((synthetic_data_dir / "summary.json").read_text())["shards"]
+    return {split: str(synthetic_data_dir / p) for split, p in patterns.items() if p}
+
+
+@pytest.fixture(scope="session")
+def tokenizer(synthetic_data_dir: Path) -> OFATokenizer:
+    return build_tokenizer("trained", synthetic_data_dir)
+
+
+class StubTask:
+    """Text of `field` (a list: first element, or a string) as target; image resized to `image_size`."""
+
+    def __init__(self, tokenizer: OFATokenizer, name: str = "caption", field: str = "captions",
+                 image_size: int = 16) -> None:
+        self.tokenizer, self.name, self.field, self.image_size = tokenizer, name, field, image_size
+
+    def preprocess(self, raw: dict[str, Any], split: str) -> dict[str, Any] | None:
+        value = raw.get(self.field)
+        if not value or raw.get("image") is None:
+            return None
+        text = value if isinstance(value, str) else value[0]
+        tok = self.tokenizer
+        tgt = torch.tensor(tok.encode(" " + text))
+        pixels = np.asarray(raw["image"].resize((self.image_size, self.image_size)), dtype=np.float32)
+        return {"id": raw["id"], "task": self.name,
+                "source": torch.tensor([tok.bos] + tok.encode(" what does the image describe?") + [tok.eos]),
+                "prev_output_tokens": torch.cat([torch.tensor([tok.bos]), tgt]),
+                "target": torch.cat([tgt, torch.tensor([tok.eos])]),
+                "patch_image": torch.from_numpy(pixels).permute(2, 0, 1) / 255.0,
+                "patch_mask": True, "conf": 1.0, "meta": {"key": raw["__key__"], "text": text}}
+
+
+@pytest.fixture(scope="session")
+def stub_task(tokenizer: OFATokenizer) -> Callable[..., StubTask]:
+    def make(name: str = "caption", field: str = "captions", image_size: int = 16) -> StubTask:
+        return StubTask(tokenizer, name, field, image_size)
+
+    return make

@@ -1,0 +1,124 @@
+"""`OFADataModule`: equal train batches per rank, per-epoch reshuffle, weighted mixtures, per-task eval."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from ofa.datamodules.datamodule import OFADataModule, TaskData
+
+
+def ids_of(loader) -> list[list[str]]:
+    return [batch["id"] for batch in loader]
+
+
+def caption_dm(stub_task, shards: dict[str, str], **kwargs) -> OFADataModule:
+    args = dict(batch_size=4, num_workers=0, batches_per_epoch=5, shuffle_buffer=16, seed=7)
+    return OFADataModule(stub_task(), train_shards=shards["train"], val_shards=shards["val"],
+                         test_shards=shards["test"], **{**args, **kwargs})
+
+
+def test_train_loaders_of_two_ranks_yield_equal_batch_counts(stub_task, synthetic_shards) -> None:
+    runs = []
+    for rank in (0, 1):
+        loader = caption_dm(stub_task, synthetic_shards, rank=rank, world_size=2, num_workers=2).train_dataloader()
+        assert len(loader) == 5
+        runs.append(ids_of(loader))
+    assert [len(r) for r in runs] == [5, 5]  # 5 batches over 2 workers: 3 + 2
+    assert all(len(b) == 4 for r in runs for b in r)
+    assert runs[0] != runs[1]  # ranks draw different samples
+
+
+def test_each_epoch_reshuffles_reproducibly(stub_task, synthetic_shards) -> None:
+    dm = caption_dm(stub_task, synthetic_shards, num_workers=2, persistent_workers=True)
+    loader = dm.train_dataloader()
+    epoch0, epoch1 = ids_of(loader), ids_of(loader)  # the loader counts passes (no trainer)
+    assert epoch0 != epoch1
+    again = caption_dm(stub_task, synthetic_shards, num_workers=2).train_dataloader()  # fresh workers
+    again.set_epoch(1)
+    assert ids_of(again) == epoch1
+
+
+def test_mixture_frequencies_follow_the_weights(stub_task, synthetic_shards) -> None:
+    mixture = [(stub_task("caption"), synthetic_shards["train"], 3.0),
+               TaskData(stub_task("classify", field="label"), synthetic_shards["train"], weight=1.0)]
+    dm = OFADataModule(mixture=mixture, batch_size=16, num_workers=0, batches_per_epoch=50, shuffle_buffer=16)
+    tasks = Counter(t for batch in dm.train_dataloader() for t in batch["task"])
+    assert sum(tasks.values()) == 800
+    assert tasks["caption"] / 800 == pytest.approx(0.75, abs=0.06)  # 4 standard deviations
+
+
+def test_evaluation_gives_one_loader_per_task(stub_task, synthetic_shards) -> None:
+    tasks = {"caption": stub_task("caption"), "classify": stub_task("classify", field="label")}
+    mixture = [{"task": "caption", "train_shards": synthetic_shards["train"], "val_shards": synthetic_shards["val"]},
+               {"task": "classify", "train_shards": synthetic_shards["train"], "val_shards": synthetic_shards["val"],
+                "test_shards": synthetic_shards["test"]}]
+    dm = OFADataModule(mixture=mixture, tasks=tasks, batch_size=4, eval_batch_size=5, num_workers=0)
+    val = dm.val_dataloader()
+    assert dm.eval_task_names("val") == ["caption", "classify"] and dm.eval_task_names("test") == ["classify"]
+    for name, loader in zip(dm.eval_task_names("val"), val):
+        batches = list(loader)
+        assert [len(b["id"]) for b in batches] == [5, 5, 5, 1]
+        assert {t for b in batches for t in b["task"]} == {name}
+    assert len(dm.test_dataloader()) == 1
+    assert dm.skip_counts()["missing_fields"] == 0
+
+
+def test_bad_configuration_gives_clear_errors(stub_task, synthetic_shards) -> None:
+    with pytest.raises(ValueError, match="either `task`"):
+        OFADataModule()
+    with pytest.raises(ValueError, match="unknown task 'vqa'"):
+        OFADataModule(mixture=[{"task": "vqa", "train_shards": synthetic_shards["train"]}], tasks={})
+    with pytest.raises(ValueError, match="unknown keys"):
+        OFADataModule(mixture=[{"task": stub_task(), "shards": synthetic_shards["train"]}])
+    with pytest.raises(ValueError, match="matches no files"):
+        OFADataModule(stub_task(), train_shards="/nonexistent/train-*.tar")
+    with pytest.raises(ValueError, match="no train_shards"):
+        OFADataModule(stub_task(), val_shards=synthetic_shards["val"]).train_dataloader()
+    with pytest.raises(ValueError, match="weights must be > 0"):
+        OFADataModule(mixture=[(stub_task(), synthetic_shards["train"], 0.0)]).train_dataloader()
+
+
+def test_training_data_that_is_all_bad_fails_loudly_instead_of_hanging(stub_task, synthetic_shards,
+                                                                      tmp_path) -> None:
+    dm = OFADataModule(stub_task(), train_shards=str(tmp_path / "missing.tar"), num_workers=0)
+    with pytest.raises(RuntimeError, match="consecutive shards gave no samples"):
+        next(iter(dm.train_dataloader()))
+    dm = OFADataModule(stub_task("vqa", field="no_such_field"), train_shards=synthetic_shards["train"], num_workers=0)
+    with pytest.raises(RuntimeError, match="for task 'vqa': 1000 consecutive samples were skipped"):
+        next(iter(dm.train_dataloader()))
+    assert dm.skip_counts("train")["missing_fields"] == 1000
+
+
+class _Recorder(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seen: dict[int, list[str]] = {}
+        self.validated: list[str] = []
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.seen.setdefault(self.current_epoch, []).extend(batch["id"])
+        return (self.weight * batch["patch_images"].mean()).sum()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.validated.extend(batch["id"])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_runs_batches_per_epoch_with_the_trainer_epoch_and_validates_all(stub_task, synthetic_shards) -> None:
+    dm = caption_dm(stub_task, synthetic_shards, batches_per_epoch=3)
+    model = _Recorder()
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    assert trainer.num_training_batches == 3 and trainer.global_step == 6
+    assert sorted(model.validated) == sorted(f"val-{i:06d}" for i in range(16) for _ in range(2))  # 2 epochs
+    for epoch in (0, 1):
+        loader = caption_dm(stub_task, synthetic_shards, batches_per_epoch=3).train_dataloader()
+        loader.set_epoch(epoch)
+        assert model.seen[epoch] == [i for batch in ids_of(loader) for i in batch]
