@@ -1,0 +1,117 @@
+"""OFA model configuration: one dataclass, the official presets and a parameter counter.
+
+Field names follow the HF port's `config.json` where one exists (`d_model`, `encoder_ffn_dim`, ...);
+defaults are the fairseq `ofa_large_architecture` defaults with every flag that the released checkpoints
+were trained with switched on (NormFormer extras, `disable_entangle`, ...). Dropout / drop path default
+to the architecture's 0.0; the training recipes (task / experiment configs) raise them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+RESNET_LAYERS: dict[str, list[int]] = {
+    "resnet18": [2, 2, 2],
+    "resnet34": [3, 4, 6],
+    "resnet50": [3, 4, 6],
+    "resnet101": [3, 4, 23],
+    "resnet152": [3, 8, 36],
+}
+
+
+@dataclass
+class OFAConfig:
+    """Hyper-parameters of `OFAModel` (see spec §1.1)."""
+
+    vocab_size: int = 59457
+    d_model: int = 1024
+    encoder_layers: int = 12
+    decoder_layers: int = 12
+    encoder_attention_heads: int = 16
+    decoder_attention_heads: int = 16
+    encoder_ffn_dim: int = 4096
+    decoder_ffn_dim: int = 4096
+    resnet_type: str = "resnet152"
+    resnet_layers: list[int] | None = None  # overrides resnet_type's block counts (stages 1-3)
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    encoder_drop_path_rate: float = 0.0
+    decoder_drop_path_rate: float = 0.0
+    resnet_drop_path_rate: float = 0.0
+    max_source_positions: int = 1024
+    max_target_positions: int = 1024
+    token_bucket_size: int = 256
+    image_bucket_size: int = 42
+    attn_scale_factor: float = 2.0
+    code_image_size: int = 128
+    normformer: bool = True  # scale_attn + scale_fc + scale_heads (attn_ln, ffn_layernorm, c_attn)
+    layernorm_embedding: bool = True
+    patch_layernorm_embedding: bool = True
+    code_layernorm_embedding: bool = True
+    add_type_embedding: bool = True
+    entangle_position_embedding: bool = False  # encoder: add learned positions to its inputs
+    disable_entangle: bool = True  # decoder: True = released checkpoints (no positions added to inputs)
+    freeze_resnet: bool = False  # FrozenBatchNorm-like: BN always uses running statistics
+    pad_token_id: int = 1
+    bos_token_id: int = 0
+    eos_token_id: int = 2
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.encoder_attention_heads or self.d_model % self.decoder_attention_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by the number of attention heads")
+        if self.resnet_layers is None and self.resnet_type not in RESNET_LAYERS:
+            raise ValueError(f"unknown resnet_type {self.resnet_type!r}; known: {sorted(RESNET_LAYERS)}")
+
+    @property
+    def resnet_blocks(self) -> list[int]:
+        """Bottleneck block counts of ResNet stages 1-3."""
+        return list(self.resnet_layers) if self.resnet_layers is not None else RESNET_LAYERS[self.resnet_type]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OFAConfig:
+        """Build from a dict, refusing unknown keys (a typo should fail loudly)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown OFAConfig keys: {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> OFAConfig:
+        if name not in PRESETS:
+            raise KeyError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+
+def _arch(d: int, layers: tuple[int, int], heads: int, resnet: str) -> dict:
+    return dict(d_model=d, encoder_layers=layers[0], decoder_layers=layers[1],
+                encoder_attention_heads=heads, decoder_attention_heads=heads,
+                encoder_ffn_dim=4 * d, decoder_ffn_dim=4 * d, resnet_type=resnet)
+
+
+PRESETS: dict[str, dict] = {
+    # small enough to train on 2 CPU cores in minutes (not an official size)
+    "ofa_nano": {**_arch(128, (2, 2), 4, "resnet18"), "resnet_layers": [1, 1, 1]},
+    "ofa_tiny": _arch(256, (4, 4), 4, "resnet50"),
+    "ofa_medium": _arch(512, (4, 4), 8, "resnet101"),
+    "ofa_base": _arch(768, (6, 6), 12, "resnet101"),
+    "ofa_large": _arch(1024, (12, 12), 16, "resnet152"),
+    "ofa_huge": _arch(1280, (24, 12), 16, "resnet152"),
+}
+
+
+def count_parameters(cfg: OFAConfig) -> int:
+    """Number of distinct parameters (tied embedding counted once), built on the meta device."""
+    from ofa.modules.model import OFAModel
+
+    with torch.device("meta"):
+        model = OFAModel(cfg)
+    return sum(p.numel() for p in model.parameters())
