@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -40,11 +41,30 @@ def test_reading_a_split_yields_every_sample_once(stub_task, synthetic_shards: d
     assert sorted(piped) == [f"val-{i:06d}" for i in range(16)]
 
 
+class WorkerTagged:
+    """A task that records, in each sample's `meta`, the id of the process that preprocessed it."""
+
+    def __init__(self, task) -> None:
+        self.task, self.name = task, task.name
+
+    def preprocess(self, raw: dict, split: str) -> dict | None:
+        sample = self.task.preprocess(raw, split)
+        sample["meta"]["pid"] = os.getpid()
+        return sample
+
+
 @pytest.mark.parametrize("split", ["train", "val"])  # 6 shards: whole shards per reader; 2: every 4th sample
 def test_two_ranks_two_workers_cover_every_sample_once(stub_task, synthetic_shards: dict[str, str],
                                                         split: str) -> None:
     urls = expand_shards(synthetic_shards[split])
-    ids = [i for rank in (0, 1) for i in eval_ids(stub_task(), urls, rank, world_size=2, num_workers=2)]
+    ids = []
+    for rank in (0, 1):
+        cfg = StreamConfig(batch_size=3, pad_id=1, rank=rank, world_size=2)
+        stream = EvalStream(Source(WorkerTagged(stub_task()), urls), "val", cfg, SkipCounter(2))
+        batches = list(ShardLoader(stream, num_workers=2))
+        rank_pids = {m["pid"] for b in batches for m in b["meta"]}
+        assert len(rank_pids) == 2 and os.getpid() not in rank_pids  # both worker processes read data
+        ids += [i for b in batches for i in b["id"]]
     n = 48 if split == "train" else 16
     assert sorted(ids) == [f"{split}-{i:06d}" for i in range(n)]
 
