@@ -1,0 +1,115 @@
+"""Build the run's objects from the composed config: tokenizer -> tasks -> datamodule -> lit module ->
+trainer (+ logger, callbacks). Each `build_*` takes the config node that feeds it, so train.py only wires.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ofa.datamodules.datamodule import OFADataModule
+from ofa.datamodules.synthetic import ensure_synthetic_dataset
+from ofa.fault import AtomicCheckpointIO, RNGStateCallback
+from ofa.lit_module import OFALitModule
+from ofa.schemas import task_config_class
+from ofa.tasks import TASKS, Task
+from ofa.tokenizer import OFATokenizer, build_tokenizer
+from ofa.utils.logging import get_logger
+
+log = get_logger(__name__)
+DATA_KEYS = ("synthetic_dir",)  # data config keys consumed here, not by OFADataModule
+WRAP_POLICY_KEYS = ("auto_wrap_policy", "activation_checkpointing_policy")
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain containers (resolved)."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def typed(node: DictConfig) -> Any:
+    """A schema-typed node as its dataclass instance (nested dataclasses included), interpolations resolved."""
+    return OmegaConf.to_object(node)
+
+
+def prepare_data_dir(data_cfg: DictConfig) -> None:
+    """Generate the synthetic dataset on first use (no-op for real data: `synthetic_dir: null`)."""
+    if data_cfg.get("synthetic_dir"):
+        path = ensure_synthetic_dataset(data_cfg.synthetic_dir)
+        log.info("synthetic dataset: %s", path)
+
+
+def build_tasks(task_cfg: DictConfig, tokenizer: OFATokenizer) -> dict[str, Task]:
+    """`{name: Task}`: the configured task, or every task of a mixture (`task.tasks.<name>` nodes)."""
+    if task_cfg.get("tasks"):
+        return {name: build_task(sub, tokenizer) for name, sub in task_cfg.tasks.items()}
+    return {task_cfg.name: build_task(task_cfg, tokenizer)}
+
+
+def build_task(task_cfg: DictConfig, tokenizer: OFATokenizer) -> Task:
+    """One task from its schema-typed node (`name`, `monitor` + the task's config dataclass fields)."""
+    name = task_cfg.name
+    if name not in TASKS:
+        raise ValueError(f"task.name={name!r} is not a registered task; choose from {sorted(TASKS)}")
+    task_cls, cfg = TASKS[name], typed(task_cfg)  # a subclass of the task's config dataclass
+    if not isinstance(cfg, task_config_class(task_cls)):
+        raise TypeError(f"task config for {name!r} is not validated by its schema (missing /schema/task/{name})")
+    task = task_cls(tokenizer, cfg)
+    task.monitor = task_cfg.monitor
+    return task
+
+
+def build_datamodule(data_cfg: DictConfig, tasks: dict[str, Task]) -> OFADataModule:
+    """Tasks are passed by object; a mixture config names them (`mixture: [{task: caption, ...}]`)."""
+    kwargs = {k: v for k, v in plain(data_cfg).items() if k not in DATA_KEYS}
+    return OFADataModule(**kwargs, tasks=tasks)
+
+
+def build_lit_module(cfg: DictConfig, tasks: dict[str, Task], tokenizer: OFATokenizer) -> OFALitModule:
+    """The model config takes its vocabulary size and special ids from the tokenizer."""
+    model_cfg = dataclasses.replace(typed(cfg.model), vocab_size=len(tokenizer), pad_token_id=tokenizer.pad,
+                                    bos_token_id=tokenizer.bos, eos_token_id=tokenizer.eos)
+    init_from = cfg.init_from if not cfg.ckpt_path else None  # resuming restores the weights anyway
+    return OFALitModule(model_cfg, tasks, typed(cfg.optim), typed(cfg.schedule), typed(cfg.module), init_from)
+
+
+def build_logger(logger_cfg: DictConfig | None) -> pl.loggers.Logger | bool:
+    """The configured logger, or False (`logger=none`)."""
+    if not logger_cfg:
+        return False
+    kwargs = {k: v for k, v in plain(logger_cfg).items() if v is not None}
+    return instantiate(kwargs)
+
+
+def build_callbacks(callbacks_cfg: DictConfig | None) -> list[pl.Callback]:
+    """One callback per non-null entry of the callbacks group."""
+    return [instantiate(plain(spec)) for spec in (callbacks_cfg or {}).values() if spec]
+
+
+def build_strategy(strategy: Any) -> Any:
+    """A strategy name as is, or `_target_` + arguments, with layer class paths turned into a class set."""
+    if not isinstance(strategy, (dict, DictConfig)):
+        return strategy
+    spec = plain(strategy)
+    for key in WRAP_POLICY_KEYS:
+        if isinstance(spec.get(key), list):
+            spec[key] = {get_class(path) for path in spec[key]}
+    return instantiate(spec, _convert_="all")
+
+
+def build_trainer(trainer_cfg: DictConfig, logger: Any, callbacks: list[pl.Callback]) -> pl.Trainer:
+    """Always with atomic, weights_only checkpoint IO and RNG states in checkpoints (ofa/fault.py)."""
+    kwargs = plain(trainer_cfg)
+    kwargs["strategy"] = build_strategy(trainer_cfg.strategy)
+    io = AtomicCheckpointIO()
+    if isinstance(kwargs["strategy"], pl.strategies.Strategy):
+        kwargs["strategy"].checkpoint_io, plugins = io, []  # a strategy object takes its IO directly
+    else:
+        plugins = [io]
+    return pl.Trainer(**kwargs, logger=logger, callbacks=[*callbacks, RNGStateCallback()], plugins=plugins)
+
+
+def build_tokenizer_from(tok_cfg: DictConfig) -> OFATokenizer:
+    return build_tokenizer(**plain(tok_cfg))

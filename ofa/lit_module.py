@@ -1,0 +1,238 @@
+"""`OFALitModule`: the one place where the OFA model, the task(s) and the optimiser meet.
+
+- Training: one teacher-forced forward per batch; the label-smoothed CE of `ofa.tasks.losses` is summed
+  per task (a mixture batch holds several) and divided by the number of target tokens of all ranks
+  (fairseq's `sample_size` normalisation). Logs `train/loss`, `train/<task>/loss`, `train/lr`.
+- Evaluation: each val/test dataloader holds one task; `task.evaluate(model, batch, metrics)` decodes
+  and updates the task's torchmetrics, computed (synced across ranks) at the epoch end and logged as
+  `<split>/<task>/<metric>`, next to `<split>/<task>/loss`.
+- The model is created in `configure_model()` so sharding strategies build it already sharded;
+  `init_from` loads pretrained weights there (fine-tuning), `ckpt_path` resumes everything else.
+- Options: frozen token embeddings (OFA's caption/VQA recipes; tied, so the output projection too) and
+  an EMA of the weights used for evaluation and stored in the checkpoint (`checkpoint["ema"]`).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from ofa.modules.config import OFAConfig
+from ofa.modules.model import OFAModel
+from ofa.tasks.base import Task
+from ofa.tasks.losses import LossConfig, label_smoothed_cross_entropy
+from ofa.fault import NonFiniteError, nonfinite_step
+from ofa.utils.ema import EMA
+from ofa.utils.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler
+from ofa.utils.wandb import is_wandb_logger, log_prediction_table
+
+
+@dataclass
+class EMAConfig:
+    decay: float = 0.0  # 0 = off; OFA's VQA recipe: 0.9999
+    start_step: int = 0
+    evaluate: bool = True  # validate/test with the averaged weights
+
+
+@dataclass
+class ModuleConfig:
+    """Options of `OFALitModule` beyond model, tasks and optimiser (`module:` in train.yaml)."""
+
+    freeze_embeddings: bool = False
+    loss: LossConfig = field(default_factory=LossConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    log_samples: int = 8  # rows of the W&B prediction table per task and evaluation
+    max_nonfinite_steps: int = 10  # stop after this many non-finite steps in a row (each is skipped); 0 = never
+    debug_nan_steps: list[int] = field(default_factory=list)  # debug: make the loss NaN at these global steps
+
+
+class OFALitModule(pl.LightningModule):
+    """OFA model + tasks + AdamW/polynomial schedule (see the module docstring)."""
+
+    def __init__(self, model_cfg: OFAConfig, tasks: dict[str, Task], optim: OptimConfig,
+                 schedule: ScheduleConfig, module: ModuleConfig | None = None,
+                 init_from: str | None = None) -> None:
+        super().__init__()
+        self.model_cfg, self.tasks, self.optim_cfg, self.schedule_cfg = model_cfg, tasks, optim, schedule
+        self.cfg = module or ModuleConfig()
+        self.init_from = init_from
+        self.model: OFAModel | None = None
+        self.ema: EMA | None = None
+        self.metrics = nn.ModuleDict({name: nn.ModuleDict(t.build_metrics()) for name, t in tasks.items()})
+        self._samples: dict[str, list] = defaultdict(list)  # task -> [(row, image)] for the W&B table
+        self.nonfinite_skipped, self._nonfinite_in_row, self._skipped_step = 0, 0, False
+
+    # ---------------------------------------------------------------- model
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.model = OFAModel(self.model_cfg)
+        if self.init_from:
+            load_pretrained(self.model, self.init_from)
+        if self.cfg.freeze_embeddings:
+            self.model.encoder.embed_tokens.weight.requires_grad_(False)
+        if self.cfg.ema.decay > 0:
+            self.ema = EMA(self.model, self.cfg.ema.decay, self.cfg.ema.start_step)
+
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        return self.model(batch["src_tokens"], batch["prev_output_tokens"], batch.get("patch_images"),
+                          batch.get("patch_masks"), batch.get("code_masks"))  # (B, T, V)
+
+    # ---------------------------------------------------------------- loss
+    def task_losses(self, batch: dict[str, Any], logits: Tensor) -> dict[str, Any]:
+        """LossOutput per task of the batch (rows grouped by `batch["task"]`)."""
+        out = {}
+        for name in dict.fromkeys(batch["task"]):
+            rows = torch.tensor([t == name for t in batch["task"]], device=logits.device)
+            masks = batch.get("constraint_masks")
+            cfg = self.tasks[name].cfg
+            out[name] = label_smoothed_cross_entropy(
+                logits[rows], batch["target"][rows], epsilon=cfg.label_smoothing, pad=self.model_cfg.pad_token_id,
+                conf=batch["conf"][rows] if batch.get("conf") is not None else None,
+                constraint_masks=masks[rows] if masks is not None else None,
+                constraint_range=getattr(cfg, "constraint_range", None),
+                drop_worst_ratio=self.cfg.loss.drop_worst_ratio, drop_worst_after=self.cfg.loss.drop_worst_after,
+                update_num=self.global_step, ignore_prefix_size=self.cfg.loss.ignore_prefix_size)
+        return out
+
+    def training_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """Loss to optimise (summed over tasks, / target tokens of all ranks) and the per-task outputs."""
+        losses = self.task_losses(batch, self(batch))
+        loss_sum = sum(o.loss for o in losses.values())
+        ntokens = torch.tensor(float(sum(o.ntokens for o in losses.values())), device=self.device)
+        global_tokens = self.trainer.strategy.reduce(ntokens, reduce_op="sum")
+        return loss_sum * self.trainer.world_size / global_tokens.clamp(min=1.0), losses  # DDP averages grads
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss, losses = self.training_loss(batch)
+        bsz = len(batch["id"])
+        for name, o in losses.items():
+            self.log(f"train/{name}/loss", o.loss.detach() / max(o.ntokens, 1), batch_size=bsz)
+        total = sum(o.loss.detach() for o in losses.values()) / max(sum(o.ntokens for o in losses.values()), 1)
+        self.log("train/loss", total, prog_bar=True, batch_size=bsz)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=bsz)
+        if self.global_step in self.cfg.debug_nan_steps:
+            loss = loss * float("nan")
+        return loss
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Forward + backward, then the update only if the loss and every gradient are finite on all ranks;
+        otherwise the step is skipped (weights and optimizer state untouched) and counted. A GradScaler
+        (fp16) skips inf steps itself."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        loss = optimizer_closure()
+        self._skipped_step = nonfinite_step(loss, self.parameters(), self.trainer.strategy)
+        if not self._skipped_step:
+            self._nonfinite_in_row = 0
+            optimizer.step(closure=lambda: loss)
+            return
+        self.nonfinite_skipped, self._nonfinite_in_row = self.nonfinite_skipped + 1, self._nonfinite_in_row + 1
+        limit = self.cfg.max_nonfinite_steps
+        if 0 < limit <= self._nonfinite_in_row:
+            raise NonFiniteError(f"{self._nonfinite_in_row} steps in a row had a non-finite loss or gradient "
+                                 f"(last at step {self.global_step}); stopping (module.max_nonfinite_steps={limit})")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), batch_size=len(batch["id"]))
+        if self._skipped_step:
+            return
+        if self.ema is not None:
+            self.ema.update(self.model, self.global_step)
+
+    # ---------------------------------------------------------------- evaluation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_step(self, batch: dict[str, Any], split: str) -> None:
+        name = batch["task"][0]  # one task per eval dataloader
+        out = self.task_losses(batch, self(batch))[name]
+        self.log(f"{split}/{name}/loss", out.loss / max(out.ntokens, 1), batch_size=len(batch["id"]),
+                 sync_dist=True, add_dataloader_idx=False)
+        rows = self.tasks[name].evaluate(self.model, batch, self.metrics[name])
+        keep = self.cfg.log_samples - len(self._samples[name])
+        images = batch.get("patch_images")
+        for i, row in enumerate(rows[:max(keep, 0)]):
+            self._samples[name].append((row, images[i].detach().cpu() if images is not None else None))
+
+    def _log_metrics(self, split: str) -> None:
+        """Compute (and sync) every task metric, log `<split>/<task>/<name>`, reset."""
+        for name, metrics in self.metrics.items():
+            if name not in self._evaluated_tasks(split):
+                continue
+            for metric_name, metric in metrics.items():
+                value = metric.compute()
+                values = value if isinstance(value, dict) else {metric_name: value}
+                for key, v in values.items():  # equal on every rank already; sync_dist just averages equals
+                    self.log(f"{split}/{name}/{key}", v, sync_dist=True, add_dataloader_idx=False)
+                metric.reset()
+        self._log_samples(split)
+
+    def _evaluated_tasks(self, split: str) -> list[str]:
+        """Tasks with a `split` dataloader (the datamodule knows); all tasks without a datamodule."""
+        names = getattr(getattr(self.trainer, "datamodule", None), "eval_task_names", None)
+        return list(names(split) if callable(names) else self.tasks)
+
+    def _log_samples(self, split: str) -> None:
+        """The W&B table of sample predictions (rank 0, W&B loggers only), then forget the samples."""
+        loggers = [lg for lg in self.loggers if is_wandb_logger(lg)]
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            for name, items in self._samples.items():
+                rows, images = [r for r, _ in items], [im for _, im in items if im is not None]
+                cfg = self.tasks[name].cfg
+                for logger in loggers:
+                    log_prediction_table(logger, f"{split}/{name}/samples", rows,
+                                         torch.stack(images) if images else None, cfg.mean, cfg.std, self.global_step)
+        self._samples.clear()
+
+    def _use_ema(self) -> bool:
+        return self.ema is not None and self.cfg.ema.evaluate
+
+    def on_validation_epoch_start(self) -> None:
+        if self._use_ema():
+            self.ema.apply_to(self.model)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+        if self._use_ema():
+            self.ema.restore(self.model)
+
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+        if self._use_ema():
+            self.ema.restore(self.model)
+
+    # ---------------------------------------------------------------- optimisation and checkpoints
+    def configure_optimizers(self) -> dict:
+        optimizer = build_optimizer(self.model, self.optim_cfg)
+        scheduler = build_scheduler(optimizer, self.schedule_cfg, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite"] = {"skipped": self.nonfinite_skipped, "in_row": self._nonfinite_in_row}
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        nonfinite = checkpoint.get("nonfinite", {})
+        self.nonfinite_skipped, self._nonfinite_in_row = nonfinite.get("skipped", 0), nonfinite.get("in_row", 0)
+        if self.ema is not None and "ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema"])
+
+
+def load_pretrained(model: OFAModel, path: str) -> None:
+    """Weights only (no optimiser/step) from an official fairseq `.pt`, an HF-port dir or a platform dir;
+    a different vocabulary size resizes the (tied) embedding as fairseq OFA does."""
+    from ofa.checkpoint import load_into_model
+
+    load_into_model(model, path, resize_embeddings=True)

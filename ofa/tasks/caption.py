@@ -1,0 +1,95 @@
+"""Image captioning (spec §3.2): `tasks/mm_tasks/caption.py` + `data/mm_data/caption_dataset.py` of OFA.
+
+Source `<s> what does the image describe? </s>`; target `" " + caption` with all punctuation removed and
+cut to `max_tgt_length` words; evaluation decodes with beam 5, `max_len_b` 16, no 3-gram repeats and scores
+against every reference caption (punctuation removed) with CIDEr-D, BLEU-4, METEOR and ROUGE-L.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ofa.modules.generation import GenerationConfig, SequenceGenerator
+from ofa.tasks.base import Task, TaskConfig
+from ofa.tasks.metrics import CaptionScores
+from ofa.tasks.text import strip_punctuation
+from ofa.tasks.transforms import build_transform
+from ofa.tokenizer import OFATokenizer
+
+
+def caption_generation() -> GenerationConfig:
+    """OFA's caption decoding: `{"beam": 5, "max_len_b": 16, "no_repeat_ngram_size": 3}`."""
+    return GenerationConfig(beam_size=5, max_len_b=16, no_repeat_ngram_size=3, return_all=False)
+
+
+@dataclass
+class CaptionConfig(TaskConfig):
+    """Caption settings (`task/caption.yaml`); `max_tgt_length` counts words."""
+
+    prompt: str = " what does the image describe?"
+    augment: str = "none"  # see ofa.tasks.transforms: OFA's caption fine-tuning uses none
+    generation: GenerationConfig = field(default_factory=caption_generation)
+    meteor: bool = True  # ≈9 s of Java per evaluation: switch off for quick runs
+    ptb_tokenizer: bool = True  # coco-caption's Java PTB tokenizer; False = lower-case + split
+
+
+class CaptionTask(Task):
+    """Captioning: preprocess raw samples with `captions`, decode and score captions."""
+
+    name = "caption"
+    monitor = "cider"
+    config_class = CaptionConfig
+
+    def __init__(self, tokenizer: OFATokenizer, cfg: CaptionConfig) -> None:
+        super().__init__(tokenizer, cfg)
+        self.cfg: CaptionConfig = cfg
+        self.transforms = {train: build_transform(cfg.image_size, cfg.mean, cfg.std, train=train,
+                                                  augment=cfg.augment) for train in (True, False)}
+        self._generator: SequenceGenerator | None = None
+
+    # ---- data side -------------------------------------------------------------------------
+    def preprocess(self, raw: dict[str, Any], split: str, rng: random.Random | None = None) -> dict | None:
+        """Raw sample -> model sample; None (skipped, counted by the loader) without image or captions."""
+        captions = [c for c in raw.get("captions") or [] if isinstance(c, str) and c.strip()]
+        if not captions or raw.get("image") is None:
+            return None
+        words = strip_punctuation(self.pick(captions, split, rng)).split()
+        target_text = " ".join(words[: self.cfg.max_tgt_length] if split == "train" else words)
+        tgt = self.encode_text(" " + target_text)
+        pixels, _ = self.transforms[split == "train"](raw["image"])
+        return {
+            "id": str(raw.get("id", raw.get("__key__"))),
+            "task": self.name,
+            "source": self.encode_text(self.cfg.prompt, bos=True, eos=True),
+            "prev_output_tokens": torch.cat([torch.tensor([self.tokenizer.bos]), tgt]),
+            "target": torch.cat([tgt, torch.tensor([self.tokenizer.eos])]),
+            "patch_image": pixels,
+            "patch_mask": True,
+            "conf": 1.0,
+            "meta": {"references": [strip_punctuation(c) for c in captions]},
+        }
+
+    # ---- evaluation side -------------------------------------------------------------------
+    def build_metrics(self) -> dict[str, CaptionScores]:
+        return {"coco": CaptionScores(meteor=self.cfg.meteor, ptb_tokenizer=self.cfg.ptb_tokenizer)}
+
+    def generator(self, model: nn.Module) -> SequenceGenerator:
+        """One SequenceGenerator per model (rebuilt if the model object changes)."""
+        if self._generator is None or self._generator.model is not model:
+            tok = self.tokenizer
+            self._generator = SequenceGenerator(model, self.cfg.generation, pad=tok.pad, bos=tok.bos, eos=tok.eos)
+        return self._generator
+
+    def evaluate(self, model: nn.Module, batch: dict[str, Any], metrics: dict[str, Any]) -> list[dict]:
+        """Beam-search captions for the batch, update the caption scores, return the predictions."""
+        hyps = self.generator(model).generate(batch["src_tokens"], batch["patch_images"], batch["patch_masks"])
+        predictions = [strip_punctuation(self.tokenizer.decode(h[0].tokens.tolist())) if h else "" for h in hyps]
+        references = [m["references"] for m in batch["meta"]]
+        for metric in metrics.values():
+            metric.update(batch["id"], predictions, references)
+        return [{"id": i, "prediction": p, "references": r}
+                for i, p, r in zip(batch["id"], predictions, references, strict=True)]

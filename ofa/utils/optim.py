@@ -1,0 +1,76 @@
+"""Optimiser and learning-rate schedule of OFA's recipes (spec §5).
+
+fairseq `adam` with decoupled weight decay (= AdamW) and `polynomial_decay`: linear warmup from 0 to the
+peak lr over `warmup_steps` (or `warmup_ratio` × total steps), then decay as
+`(lr - end_lr) * (1 - progress) ** power + end_lr` (power 1 in every recipe: linear).
+Unlike fairseq, no weight decay on biases, norms and embeddings (the usual transformer practice).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW hyper-parameters (`optim/*.yaml`)."""
+
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+
+
+@dataclass
+class ScheduleConfig:
+    """Polynomial decay with linear warmup (`schedule/*.yaml`); `warmup_steps` wins over `warmup_ratio`."""
+
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.06
+    end_lr: float = 0.0
+    power: float = 1.0
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters split into decayed (matrices) and not decayed (biases, norms, embeddings)."""
+    no_decay: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if isinstance(module, NO_DECAY_MODULES) or name.endswith("bias") or p.ndim < 2:
+                no_decay.add(id(p))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in trainable if id(p) not in no_decay], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if id(p) in no_decay], "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+                             eps=cfg.eps)
+
+
+def polynomial_factor(step: int, total: int, warmup: int, peak: float, end: float, power: float) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if step >= total or total <= warmup:
+        return end / peak
+    progress = (step - warmup) / (total - warmup)
+    return ((peak - end) * (1 - progress) ** power + end) / peak
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int) -> LambdaLR:
+    """Per-step LambdaLR; `total_steps` is the trainer's estimated number of optimizer steps."""
+    warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * total_steps))
+    peak = optimizer.defaults["lr"]
+
+    def factor(step: int) -> float:
+        return polynomial_factor(step, total_steps, warmup, peak, cfg.end_lr, cfg.power)
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,195 @@
+"""Every option of every config group composes, validates against its schema and instantiates; typos
+(keys, types, group options) fail with the key's name on one line."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
+
+from ofa import factory
+from ofa.lit_module import OFALitModule
+from ofa.modules.config import PRESETS
+from ofa.schemas import register_schemas
+from ofa.tasks import TASKS
+from ofa.utils.config_errors import format_config_error
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+GPU_TRAINERS = ("gpu", "ddp", "fsdp")
+
+
+def data_overrides(data_dir: Path) -> list[str]:
+    """Point data and tokenizer at the tests' tiny synthetic dataset."""
+    return [f"paths.root_dir={data_dir.parent}", "data.synthetic_dir=null",
+            f"data.train_shards={data_dir}/train-*.tar", f"data.val_shards={data_dir}/val-*.tar",
+            f"data.test_shards={data_dir}/test-*.tar", f"tokenizer.path={data_dir}/tokenizer.json",
+            "data.num_workers=0"]
+
+
+def compose_cfg(overrides: list[str], tmp_path: Path | None = None):
+    """Compose `train.yaml` as train.py would (with the hydra node, so `${hydra:...}` resolves)."""
+    register_schemas()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    if tmp_path is not None:
+        cfg.hydra.runtime.output_dir = str(tmp_path / "out")
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+
+def test_every_group_has_options() -> None:
+    for group in ("model", "task", "data", "tokenizer", "optim", "schedule", "trainer", "logger", "callbacks",
+                  "debug", "experiment", "hparams_search"):
+        assert group in GROUPS and list((CONF / group).glob("*.yaml")), group
+    assert {"cpu", "gpu", "ddp", "ddp_sim", "fsdp"} <= {o for g, o in OPTIONS if g == "trainer"}
+    assert {"wandb", "csv", "tensorboard", "none"} <= {o for g, o in OPTIONS if g == "logger"}
+
+
+@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_and_resolves(group: str, option: str, synthetic_data_dir: Path, tmp_path: Path) -> None:
+    overrides = [f"{group}={option}"] + ([] if group == "experiment" else data_overrides(synthetic_data_dir))
+    if (group, option) == ("data", "mixture"):
+        overrides.append("task=mixture")  # its entries read the mixture's weights
+    cfg = compose_cfg(overrides, tmp_path)
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    OmegaConf.to_container(job, resolve=True)  # every interpolation of the job config resolves
+    assert factory.typed(cfg.model).d_model > 0  # the schema-typed nodes build their dataclasses
+    for task_cfg in cfg.task.tasks.values() if cfg.task.get("tasks") else [cfg.task]:
+        assert task_cfg.name in TASKS
+        factory.typed(task_cfg)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_model_yaml_mirrors_preset(name: str) -> None:
+    values = OmegaConf.load(CONF / "model" / f"{name}.yaml")
+    assert OmegaConf.to_container(values) == PRESETS[name]
+
+
+def test_default_config_instantiates(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    cfg = compose_cfg(data_overrides(synthetic_data_dir) + ["logger=csv"], tmp_path)
+    tokenizer = factory.build_tokenizer_from(cfg.tokenizer)
+    tasks = factory.build_tasks(cfg.task, tokenizer)
+    dm = factory.build_datamodule(cfg.data, tasks)
+    module = factory.build_lit_module(cfg, tasks, tokenizer)
+    trainer = factory.build_trainer(cfg.trainer, factory.build_logger(cfg.logger),
+                                    factory.build_callbacks(cfg.callbacks))
+    assert isinstance(module, OFALitModule) and module.model_cfg.vocab_size == len(tokenizer)
+    assert dm.eval_task_names("val") == ["caption"]
+    assert trainer.checkpoint_callback.monitor == "val/caption/cider"
+    module.configure_model()
+    assert module.model is not None
+
+
+def test_mixture_instantiates(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    cfg = compose_cfg(["task=mixture", f"data.synthetic_dir={synthetic_data_dir}", "data.num_workers=0",
+                       f"tokenizer.path={synthetic_data_dir}/tokenizer.json"], tmp_path)
+    tokenizer = factory.build_tokenizer_from(cfg.tokenizer)
+    tasks = factory.build_tasks(cfg.task, tokenizer)
+    dm = factory.build_datamodule(cfg.data, tasks)
+    module = factory.build_lit_module(cfg, tasks, tokenizer)
+    assert set(tasks) == set(TASKS) and dm.eval_task_names("val") == list(tasks)
+    assert set(module.metrics) == set(TASKS)
+    assert cfg.callbacks.model_checkpoint.monitor == "val/vqa/score"
+
+
+@pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "trainer"])
+def test_trainer_options_instantiate(option: str, synthetic_data_dir: Path, tmp_path: Path) -> None:
+    cfg = compose_cfg([f"trainer={option}", "logger=none", "callbacks=none"] + data_overrides(synthetic_data_dir),
+                      tmp_path)
+    if option == "fsdp":  # FSDPStrategy needs GPUs to set up; its object builds anywhere
+        strategy = factory.build_strategy(cfg.trainer.strategy)
+        assert type(strategy).__name__ == "FSDPStrategy"
+        return
+    if option in GPU_TRAINERS:
+        cfg.trainer.accelerator, cfg.trainer.precision = "cpu", "32-true"
+        cfg.trainer.devices = 2 if option == "ddp" else 1
+    trainer = factory.build_trainer(cfg.trainer, False, [])
+    assert isinstance(trainer, pl.Trainer)
+    if option in ("ddp", "ddp_sim"):
+        assert trainer.num_devices == 2 and "DDP" in type(trainer.strategy).__name__
+
+
+@pytest.mark.parametrize("option", [o for g, o in OPTIONS if g in ("logger", "callbacks")])
+def test_logger_and_callbacks_instantiate(option: str, synthetic_data_dir: Path, tmp_path: Path) -> None:
+    group = "logger" if option in {o for g, o in OPTIONS if g == "logger"} else "callbacks"
+    cfg = compose_cfg([f"{group}={option}"] + data_overrides(synthetic_data_dir), tmp_path)
+    if group == "logger":
+        logger = factory.build_logger(cfg.logger)
+        assert (logger is False) == (option == "none")
+    else:
+        assert all(isinstance(c, pl.Callback) for c in factory.build_callbacks(cfg.callbacks))
+
+
+def test_experiment_overrides_groups(tmp_path: Path) -> None:
+    cfg = compose_cfg(["experiment=caption_large"], tmp_path)
+    assert cfg.model.d_model == PRESETS["ofa_large"]["d_model"] and cfg.task.image_size == 480
+    assert cfg.optim.lr == pytest.approx(1e-5) and cfg.module.freeze_embeddings
+    base = compose_cfg(["experiment=caption_base"], tmp_path)
+    assert base.model.d_model == PRESETS["ofa_base"]["d_model"] and base.trainer.max_epochs == 5
+    cli = compose_cfg(["experiment=caption_nano_synthetic", "model=ofa_tiny"], tmp_path)
+    assert cli.model.d_model == PRESETS["ofa_tiny"]["d_model"]  # the command line beats the recipe
+
+
+def test_sweep_config(tmp_path: Path) -> None:
+    cfg = compose_cfg(["hparams_search=lr"], tmp_path)
+    assert "optim.lr" in cfg.hydra.sweeper.params
+
+
+def test_data_follows_task(tmp_path: Path) -> None:
+    cfg = compose_cfg([], tmp_path)
+    assert cfg.hydra.runtime.choices["data"] == cfg.hydra.runtime.choices["task"] == "caption"
+    other = compose_cfg(["data=coco_caption"], tmp_path)
+    assert other.hydra.runtime.choices["data"] == "coco_caption"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.d_modl=3", "d_modl"),
+    ("model.d_model=abc", "model.d_model"),
+    ("task.beam=3", "beam"),
+    ("task.generation.beams=3", "beams"),
+    ("data.batch_sze=3", "batch_sze"),
+    ("trainer.max_epoch=1", "max_epoch"),
+    ("trainer.max_epochs=abc", "trainer.max_epochs"),
+    ("optim.learning_rate=1", "learning_rate"),
+    ("schedule.warmup=3", "warmup"),
+    ("callbacks.model_checkpoint.monitr=x", "monitr"),
+    ("logger.projet=x", "projet"),
+    ("module.freeze_embedings=true", "freeze_embedings"),
+    ("sed=3", "sed"),
+])
+def test_typo_fails_with_key_name(override: str, key: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg([override], tmp_path)
+    message = format_config_error(info.value)
+    assert key in message and "\n" not in message
+
+
+def test_unknown_option_lists_choices(tmp_path: Path) -> None:
+    with pytest.raises(MissingConfigException) as info:
+        compose_cfg(["model=ofa_gigantic"], tmp_path)
+    message = format_config_error(info.value)
+    assert "ofa_gigantic" in message and "ofa_nano" in message and "ofa_huge" in message and "\n" not in message
+    assert "schema" not in message
+
+
+def test_task_schemas_follow_task_configs() -> None:
+    from ofa.schemas import task_config_class, task_schema
+
+    for name, cls in TASKS.items():
+        schema = task_schema(name, cls)
+        fields = {f.name for f in dataclasses.fields(schema)}
+        assert {f.name for f in dataclasses.fields(task_config_class(cls))} | {"name", "monitor"} == fields

@@ -1,0 +1,146 @@
+"""OFALitModule: loss normalisation, per-task losses, optimiser groups, schedule, frozen embeddings, EMA and
+checkpoints (loaded with weights_only=True)."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from ofa.datamodules.collate import collate
+from ofa.datamodules.datamodule import OFADataModule
+from ofa.lit_module import EMAConfig, ModuleConfig, OFALitModule
+from ofa.modules.config import OFAConfig
+from ofa.modules.generation import GenerationConfig
+from ofa.tasks.caption import CaptionConfig, CaptionTask
+from ofa.tasks.losses import label_smoothed_cross_entropy
+from ofa.utils.optim import OptimConfig, ScheduleConfig, param_groups, polynomial_factor
+
+TINY = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=64, decoder_ffn_dim=64)
+
+
+def make_task(tokenizer, name: str = "caption") -> CaptionTask:
+    gen = GenerationConfig(beam_size=2, max_len_b=4, no_repeat_ngram_size=3, return_all=False)
+    task = CaptionTask(tokenizer, CaptionConfig(image_size=32, generation=gen, meteor=False, ptb_tokenizer=False))
+    task.name = name
+    return task
+
+
+def make_module(tokenizer, tasks=None, **module_kwargs) -> OFALitModule:
+    cfg = OFAConfig.from_preset("ofa_nano", vocab_size=len(tokenizer), **TINY)
+    tasks = tasks or {"caption": make_task(tokenizer)}
+    return OFALitModule(cfg, tasks, OptimConfig(lr=1e-3), ScheduleConfig(warmup_steps=2),
+                        ModuleConfig(**module_kwargs))
+
+
+def make_dm(tasks, shards) -> OFADataModule:
+    return OFADataModule(tasks=tasks, train_shards=shards["train"], val_shards=shards["val"],
+                         batch_size=4, eval_batch_size=8, num_workers=0, batches_per_epoch=3, shuffle_buffer=8)
+
+
+def fit(module, dm, tmp_path: Path, **trainer_kwargs) -> pl.Trainer:
+    kwargs = dict(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, default_root_dir=str(tmp_path), num_sanity_val_steps=0,
+                  limit_val_batches=1)
+    trainer = pl.Trainer(**{**kwargs, **trainer_kwargs})
+    trainer.fit(module, datamodule=dm)
+    return trainer
+
+
+def test_fit_logs_losses_lr_and_task_metrics(tokenizer, synthetic_shards, tmp_path: Path) -> None:
+    module = make_module(tokenizer)
+    trainer = fit(module, make_dm(module.tasks, synthetic_shards), tmp_path)
+    logged = trainer.callback_metrics
+    for key in ("train/loss", "train/caption/loss", "train/lr", "val/caption/loss", "val/caption/cider",
+                "val/caption/bleu4", "val/caption/rouge_l"):
+        assert key in logged, key
+    assert trainer.global_step == 3
+
+
+def test_loss_is_normalised_by_tokens(tokenizer, synthetic_shards, tmp_path: Path) -> None:
+    module = make_module(tokenizer)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, max_steps=1, enable_progress_bar=False)
+    module.trainer = trainer  # strategy.reduce and global_step without running a loop
+    module.configure_model()
+    batch = next(iter(make_dm(module.tasks, synthetic_shards).train_dataloader()))
+    loss, _ = module.training_loss(batch)
+    out = label_smoothed_cross_entropy(module(batch), batch["target"], 0.1, tokenizer.pad)
+    assert loss.item() == pytest.approx(out.loss.item() / batch["ntokens"], rel=1e-5)
+
+
+def test_mixture_batch_has_a_loss_per_task(tokenizer, synthetic_data_dir: Path) -> None:
+    tasks = {"caption": make_task(tokenizer), "other": make_task(tokenizer, "other")}
+    module = make_module(tokenizer, tasks)
+    module.configure_model()
+    from PIL import Image
+
+    raws = [{"id": f"s{i}", "captions": [f"a red circle {i}"], "image": Image.new("RGB", (32, 32))} for i in range(4)]
+    samples = [tasks["caption" if i % 2 else "other"].preprocess(r, "train") for i, r in enumerate(raws)]
+    batch = collate(samples, tokenizer.pad)
+    with torch.no_grad():
+        logits = module(batch)
+        per_task = module.task_losses(batch, logits)
+        joint = label_smoothed_cross_entropy(logits, batch["target"], 0.1, tokenizer.pad)
+    assert set(per_task) == {"caption", "other"}
+    assert sum(o.loss for o in per_task.values()).item() == pytest.approx(joint.loss.item(), rel=1e-5)
+    assert sum(o.ntokens for o in per_task.values()) == joint.ntokens
+
+
+def test_param_groups_skip_decay_on_norms_biases_embeddings(tokenizer) -> None:
+    module = make_module(tokenizer, freeze_embeddings=True)
+    module.configure_model()
+    decay, no_decay = param_groups(module.model, 0.01)
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    undecayed = {names[id(p)] for p in no_decay["params"]}
+    embeddings = {id(m.weight) for m in module.model.modules() if isinstance(m, torch.nn.Embedding)}
+    assert all(p.ndim >= 2 and id(p) not in embeddings for p in decay["params"])  # no bias, norm, embedding
+    assert any(n.endswith("fc1.weight") for n in decayed)
+    assert any("embed_positions" in n for n in undecayed) and any(n.endswith("bias") for n in undecayed)
+    assert "encoder.embed_tokens.weight" not in decayed | undecayed  # frozen: not optimised at all
+    assert not module.model.decoder.output_projection.weight.requires_grad  # tied, so frozen too
+
+
+@pytest.mark.parametrize("warmup, total, end", [(10, 100, 0.0), (0, 50, 1e-5)])
+def test_polynomial_schedule(warmup: int, total: int, end: float) -> None:
+    peak = 1e-3
+    lrs = [peak * polynomial_factor(s, total, warmup, peak, end, 1.0) for s in range(total + 5)]
+    if warmup:
+        assert lrs[0] == pytest.approx(peak / warmup) and lrs[warmup - 1] == pytest.approx(peak)
+    assert lrs[warmup] == pytest.approx(peak)
+    mid = warmup + (total - warmup) // 2
+    assert lrs[mid] == pytest.approx((peak - end) * (1 - (mid - warmup) / (total - warmup)) + end)
+    assert lrs[total] == pytest.approx(end) and lrs[-1] == pytest.approx(end)
+    assert all(a >= b for a, b in zip(lrs[warmup:], lrs[warmup + 1:]))  # monotone decay
+
+
+def test_ema_is_checkpointed_and_restored(tokenizer, synthetic_shards, tmp_path: Path) -> None:
+    module = make_module(tokenizer, ema=EMAConfig(decay=0.5))
+    trainer = fit(module, make_dm(module.tasks, synthetic_shards), tmp_path)
+    path = tmp_path / "ema.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and containers only
+    assert set(ckpt["ema"]) == {n for n, p in module.model.named_parameters() if p.requires_grad}
+    weights = dict(module.model.named_parameters())
+    name = "decoder.layers.0.fc1.weight"
+    assert not torch.equal(ckpt["ema"][name], weights[name].detach())  # an average, not the weights
+    fresh = make_module(tokenizer, ema=EMAConfig(decay=0.5))
+    fresh.configure_model()
+    fresh.on_load_checkpoint(ckpt)
+    assert torch.equal(fresh.ema.shadow[name], ckpt["ema"][name])
+
+
+def test_ema_weights_are_used_for_evaluation_only(tokenizer) -> None:
+    module = make_module(tokenizer, ema=EMAConfig(decay=0.9))
+    module.configure_model()
+    before = copy.deepcopy(module.model.state_dict())
+    for p in module.ema.shadow.values():
+        p.add_(1.0)
+    module.on_validation_epoch_start()
+    name = "decoder.layers.0.fc1.weight"
+    assert torch.allclose(module.model.state_dict()[name], before[name] + 1.0)
+    module.ema.restore(module.model)
+    assert torch.equal(module.model.state_dict()[name], before[name])

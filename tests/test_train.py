@@ -1,0 +1,130 @@
+"""The real entry point, as a subprocess: fast_dev_run, W&B offline, checkpoints and resume, validate,
+init_from, config errors, multirun and a 2-process CPU DDP run with equal batch counts per rank."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 300  # seconds per run: a hang (e.g. on the network) fails the test instead of blocking CI
+TINY = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=64, decoder_ffn_dim=64)
+TINY_MODEL = [f"model.{k}={v}" for k, v in TINY.items()]
+FAST = ["task.image_size=32", "task.generation.beam_size=2", "task.generation.max_len_b=4",
+        "task.ptb_tokenizer=false", "data.batch_size=4", "data.eval_batch_size=8", "data.num_workers=0",
+        "data.shuffle_buffer=8", "trainer.log_every_n_steps=1", "trainer.check_val_every_n_epoch=1",
+        "callbacks.progress_bar.refresh_rate=1"]
+
+
+def base_overrides(data_dir: Path, run_dir: Path) -> list[str]:
+    return [f"hydra.run.dir={run_dir}", "data.synthetic_dir=null",
+            f"data.train_shards={data_dir}/train-*.tar", f"data.val_shards={data_dir}/val-*.tar",
+            f"data.test_shards={data_dir}/test-*.tar", f"tokenizer.path={data_dir}/tokenizer.json",
+            *TINY_MODEL, *FAST]
+
+
+def run_train(args: list[str], env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def rank_counts(output: str) -> dict[int, tuple[int, int]]:
+    found = re.findall(r"\[rank (\d+)/\d+\] train batches: (\d+), optimizer steps: (\d+)", output)
+    return {int(r): (int(b), int(s)) for r, b, s in found}
+
+
+def test_fast_dev_run_writes_metrics_json(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "fdr"
+    proc = run_train(base_overrides(synthetic_data_dir, run_dir) + ["debug=fdr", "logger=csv"])
+    metrics = read_metrics(run_dir)
+    assert {"val/caption/cider", "val/caption/loss", "test/caption/cider", "test/caption/bleu4"} <= set(metrics)
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert "final metrics" in proc.stdout and "val/caption/cider" in proc.stdout
+
+
+@pytest.mark.slow
+def test_wandb_offline_checkpoints_and_resume(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    short = ["trainer.max_epochs=1", "data.batches_per_epoch=2", "trainer.limit_val_batches=1",
+             "trainer.limit_test_batches=1"]
+    proc = run_train(base_overrides(synthetic_data_dir, first) + short + ["logger=wandb"],
+                     env={"WANDB_MODE": "offline", "WANDB_API_KEY": "x" * 40})  # a key, still no network
+    assert list((first / "wandb").glob("offline-run-*")), "no offline W&B run directory"
+    assert list((first / "wandb").glob("offline-run-*/files/media/table/val/caption/samples_*.table.json"))
+    assert rank_counts(proc.stdout)[0] == (2, 2)
+    last = first / "checkpoints" / "last.ckpt"
+    assert last.is_file() and (first / "checkpoints" / "best.ckpt").is_file()
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["optimizer_states"] and ckpt["lr_schedulers"]
+    assert {"val/caption/cider", "test/caption/cider"} <= set(read_metrics(first))
+
+    second = tmp_path / "second"
+    proc = run_train(base_overrides(synthetic_data_dir, second) + short +
+                     ["logger=csv", f"ckpt_path={last}", "trainer.max_epochs=2"])
+    assert rank_counts(proc.stdout)[0] == (4, 4)  # continued from step 2, not restarted
+    assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_unset_wandb_mode_defaults_to_offline() -> None:
+    code = ("import os; os.environ.pop('WANDB_MODE', None); from ofa.utils.wandb import default_offline; "
+            "default_offline(); print(os.environ['WANDB_MODE'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.stdout.strip() == "offline"
+
+
+def test_validate_stage_and_init_from(synthetic_data_dir: Path, tmp_path: Path, tokenizer) -> None:
+    from ofa.checkpoint import save_platform
+    from ofa.modules.config import OFAConfig
+    from ofa.modules.model import OFAModel
+
+    cfg = OFAConfig.from_preset("ofa_nano", vocab_size=len(tokenizer), **TINY)
+    weights = save_platform(OFAModel(cfg), cfg, tmp_path / "pretrained")
+    run_dir = tmp_path / "validate"
+    run_train(base_overrides(synthetic_data_dir, run_dir) + ["stage=validate", f"init_from={weights}",
+                                                              "logger=none", "trainer.limit_val_batches=1"])
+    metrics = read_metrics(run_dir)
+    assert "val/caption/cider" in metrics and not any(k.startswith("test/") for k in metrics)
+
+
+@pytest.mark.parametrize("override, needle", [("model.d_modl=3", "d_modl"), ("model=ofa_gigantic", "ofa_nano"),
+                                              ("trainer.max_epochs=abc", "trainer.max_epochs")])
+def test_config_errors_print_one_line_and_exit_2(override: str, needle: str) -> None:
+    proc = run_train([override], check=False)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("config error:") and needle in lines[0]
+
+
+@pytest.mark.slow
+def test_multirun_sweeps_lr(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    overrides = [o for o in base_overrides(synthetic_data_dir, tmp_path) if not o.startswith("hydra.run")]
+    run_train(["-m", "optim.lr=1e-3,2e-3", f"hydra.sweep.dir={tmp_path / 'sweep'}", "debug=fdr", "logger=none",
+               *overrides])
+    assert sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/metrics.json")) == ["0", "1"]
+
+
+@pytest.mark.slow
+def test_ddp_sim_two_processes_equal_batches(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "ddp"
+    proc = run_train(base_overrides(synthetic_data_dir, run_dir) + [
+        "trainer=ddp_sim", "logger=csv", "trainer.max_epochs=1", "data.batches_per_epoch=3",
+        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"])
+    counts = rank_counts(proc.stdout + proc.stderr)
+    assert counts == {0: (3, 3), 1: (3, 3)}, proc.stdout[-2000:]
+    assert "val/caption/cider" in read_metrics(run_dir)
