@@ -37,6 +37,7 @@ def run_stage(cfg: DictConfig, trainer: pl.Trainer, module: pl.LightningModule, 
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@fault.exit_on_fault()  # inside the job, so Hydra adds no "Error executing job" report
 def main(cfg: DictConfig) -> float | None:
     pl.seed_everything(cfg.seed, workers=True)
     cfg.ckpt_path = fault.resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)  # `last`: this run name's newest

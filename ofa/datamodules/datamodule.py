@@ -99,6 +99,7 @@ class OFADataModule(pl.LightningDataModule):
         self.rank, self.world_size = rank, world_size
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self._counters: dict[str, list[SkipCounter]] = {split: [] for split in SPLITS}
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     @property
     def tasks(self) -> list[Any]:
@@ -116,7 +117,31 @@ class OFADataModule(pl.LightningDataModule):
             raise ValueError("OFADataModule: no train_shards given for any task")
         stream = TrainStream(sources, self.batches_per_epoch, self._stream_config(self.batch_size),
                              self._new_counter("train"))
-        return self._loader(stream)
+        stream.resume_at = self._resume_at
+        return self._loader(stream, self._train_epoch)
+
+    # ---- position in the training stream (saved in checkpoints) -------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch and the number of its batches trained on so far (the stream is a function of these)."""
+        if self.trainer is None:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"train_position": {"epoch": self.trainer.current_epoch, "batches": done}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        position = state_dict.get("train_position")
+        self._resume_at, self._resume_pending = None, bool(position)
+        if position:  # a finished epoch resumes at the start of the next one
+            epoch, done = position["epoch"], position["batches"]
+            self._resume_at = (epoch + 1, 0) if done >= self.batches_per_epoch else (epoch, done)
+
+    def _train_epoch(self) -> int | None:
+        """The trainer's epoch; for the first pass after a restore, the checkpoint's (Lightning creates that
+        iterator in `setup_data`, before it restores its epoch counter)."""
+        if getattr(self, "_resume_pending", False):
+            self._resume_pending = False
+            return self._resume_at[0]
+        return self._trainer_epoch()
 
     def val_dataloader(self) -> list[ShardLoader]:
         return self._eval_loaders("val")
@@ -133,9 +158,9 @@ class OFADataModule(pl.LightningDataModule):
                 loaders.append(self._loader(stream))
         return loaders
 
-    def _loader(self, stream: TrainStream | EvalStream) -> ShardLoader:
+    def _loader(self, stream: TrainStream | EvalStream, epoch_fn: Any = None) -> ShardLoader:
         workers = self.num_workers
-        return ShardLoader(stream, epoch_fn=self._trainer_epoch, num_workers=workers, pin_memory=self.pin_memory,
+        return ShardLoader(stream, epoch_fn=epoch_fn or self._trainer_epoch, num_workers=workers, pin_memory=self.pin_memory,
                            persistent_workers=self.persistent_workers and workers > 0)
 
     def _stream_config(self, batch_size: int) -> StreamConfig:

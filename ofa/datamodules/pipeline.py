@@ -11,6 +11,8 @@ which Lightning's spawned processes do not set). Batches are built in the worker
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import itertools
 import random
@@ -51,15 +53,18 @@ class StreamConfig:
     shuffle_buffer: int = 1000
 
 
-def prepare(raw: dict[str, Any], task: Any, split: str, cfg: StreamConfig, counter: SkipCounter) -> dict | None:
-    """Decode and preprocess one raw sample; None (counted by reason) if it cannot be used."""
+def prepare(raw: dict[str, Any], task: Any, split: str, cfg: StreamConfig, counter: SkipCounter,
+            rng: StreamRNG | None = None) -> dict | None:
+    """Decode and preprocess one raw sample (under `rng`'s private RNG states if given); None (counted by
+    reason) if it cannot be used."""
     try:
         item = decode_sample(raw, cfg.max_image_pixels)
     except SkipSample as skip:
         counter.add(skip.reason, skip.detail)
         return None
     try:
-        sample = task.preprocess(item, split)
+        with rng or contextlib.nullcontext():
+            sample = task.preprocess(item, split)
     except Exception as exn:  # noqa: BLE001 - one bad sample must not end a run; counted and warned once
         counter.add("preprocess_error", f"{task.name} {raw['__key__']}: {exn!r}")
         return None
@@ -81,6 +86,39 @@ def _seed_worker(tag: str) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+class StreamRNG:
+    """Private python/numpy/torch RNG states, swapped in around `task.preprocess` (`with rng: ...`): the
+    augmentations of a training stream depend only on its tag (seed/epoch/rank/worker), never on the
+    trainer's global RNGs, nor on the worker count or process they run in."""
+
+    def __init__(self, tag: str) -> None:
+        self.seed = int.from_bytes(hashlib.sha256(tag.encode()).digest()[:4], "little")
+        self._own: tuple | None = None
+        self._outer: tuple | None = None
+
+    @staticmethod
+    def _get() -> tuple:
+        return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+    def __enter__(self) -> StreamRNG:
+        self._outer = self._get()
+        if self._own is None:
+            random.seed(self.seed)
+            np.random.seed(self.seed)
+            torch.random.default_generator.manual_seed(self.seed)
+        else:
+            random.setstate(self._own[0])
+            np.random.set_state(self._own[1])
+            torch.set_rng_state(self._own[2])
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._own = self._get()
+        random.setstate(self._outer[0])
+        np.random.set_state(self._outer[1])
+        torch.set_rng_state(self._outer[2])
 
 
 class _Stream(IterableDataset):
@@ -110,31 +148,43 @@ class TrainStream(_Stream):
         if batches_per_epoch < 1:
             raise ValueError(f"TrainStream: batches_per_epoch must be >= 1, got {batches_per_epoch}")
         self.sources, self.batches_per_epoch = list(sources), batches_per_epoch
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches already trained on in that epoch)
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
     def __iter__(self) -> Iterator[dict]:
+        """Batch i of an epoch comes from (logical) worker i % num_workers, a deterministic function of
+        (seed, epoch, rank, worker, position). Resuming at batch `skip` of the epoch, physical worker w plays
+        logical worker (w + skip) % num_workers, so the loader's round-robin continues at batch `skip`; each
+        worker replays (decodes and preprocesses, so its RNG streams stay exact) but does not collate the
+        samples of the batches it had already given."""
         worker, num_workers = _worker()
+        epoch = int(self._epoch)
+        skip = self.resume_at[1] if self.resume_at and self.resume_at[0] == epoch else 0
+        worker = (worker + skip) % num_workers
         quota = self.batches_per_epoch // num_workers + (worker < self.batches_per_epoch % num_workers)
-        tag = f"{self.cfg.seed}/{int(self._epoch)}/{self.cfg.rank}/{worker}"
-        _seed_worker(tag)
-        streams = [self._samples(s, f"{tag}/{i}") for i, s in enumerate(self.sources)]
-        return itertools.islice(self._batches(self._mix(streams, random.Random(tag))), quota)
+        done = min(skip // num_workers + (worker < skip % num_workers), quota)
+        tag = f"{self.cfg.seed}/{epoch}/{self.cfg.rank}/{worker}"
+        rng = StreamRNG(tag)
+        streams = [self._samples(s, f"{tag}/{i}", rng) for i, s in enumerate(self.sources)]
+        samples = self._mix(streams, random.Random(tag))
+        collections.deque(itertools.islice(samples, done * self.cfg.batch_size), maxlen=0)  # fast-forward
+        return itertools.islice(self._batches(samples), quota - done)
 
     def _mix(self, streams: list[Iterator[dict]], rng: random.Random) -> Iterator[dict]:
         indices, weights = range(len(streams)), [s.weight for s in self.sources]
         while True:
             yield next(streams[rng.choices(indices, weights)[0]])
 
-    def _samples(self, source: Source, tag: str) -> Iterator[dict]:
+    def _samples(self, source: Source, tag: str, aug_rng: StreamRNG | None = None) -> Iterator[dict]:
         """Endless preprocessed samples of one source: random shards (with replacement), shuffled samples."""
         rng = random.Random(tag)
         raw = wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=rng)(
             self._resampled(source, rng))
         skipped = 0
         for item in raw:
-            sample = prepare(item, source.task, "train", self.cfg, self.counter)
+            sample = prepare(item, source.task, "train", self.cfg, self.counter, aug_rng)
             skipped = 0 if sample is not None else skipped + 1
             if sample is not None:
                 yield sample
@@ -187,6 +237,7 @@ class ShardLoader(DataLoader):
     the stream's epoch from `epoch_fn()` (e.g. the trainer's current epoch), else counts passes itself."""
 
     def __init__(self, dataset: _Stream, epoch_fn: Callable[[], int | None] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("generator", torch.Generator())  # the loader's base seed: never the trainer's RNG
         super().__init__(dataset, batch_size=None, **kwargs)
         self.epoch_fn, self.next_epoch = epoch_fn, 0
 

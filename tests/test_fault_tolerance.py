@@ -1,0 +1,192 @@
+"""Fault tolerance (ofa/fault.py): atomic checkpoint writes, unsafe checkpoints refused without running
+anything (in-process and through train.py's ckpt_path / init_from), non-finite steps skipped and counted
+or the run stopped, and impossible configurations refused before any work, on one line."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+from ofa.checkpoint import CheckpointError
+from ofa.fault import AtomicCheckpointIO, NonFiniteError, RunConfigError, check_run, resolve_ckpt_path
+from test_lit_module import make_dm, make_module
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Evil:
+    """Unpickling this creates the file `path` (stands for arbitrary code execution)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def evil_checkpoint(tmp_path: Path, marker: Path, name: str) -> Path:
+    path = tmp_path / name
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Evil(marker)}, path)
+    assert not marker.exists()
+    return path
+
+
+# ------------------------------------------------------------------------------ checkpoint files
+def test_atomic_save_never_leaves_a_partial_file(tmp_path: Path, monkeypatch) -> None:
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+    assert io.load_checkpoint(path)["global_step"] == 1
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"global_step": 2}, path)
+    monkeypatch.undo()
+    assert io.load_checkpoint(path)["global_step"] == 1  # the previous checkpoint is intact
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temp file left
+
+
+def test_unsafe_checkpoint_is_refused_and_nothing_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = evil_checkpoint(tmp_path, marker, "evil.ckpt")
+    with pytest.raises(CheckpointError, match="refusing to unpickle io.open"):
+        AtomicCheckpointIO().load_checkpoint(path, weights_only=False)  # weights_only=False is not honoured
+    assert not marker.exists()
+
+
+def test_ckpt_path_last_finds_the_newest_run_of_the_name(tmp_path: Path) -> None:
+    old, new = tmp_path / "a" / "checkpoints" / "last.ckpt", tmp_path / "b" / "checkpoints" / "last.ckpt"
+    for i, p in enumerate((old, new)):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"x")
+        os.utime(p, (1000 + i, 1000 + i))
+    assert resolve_ckpt_path("last", tmp_path / "c") == str(new)
+    assert resolve_ckpt_path(str(old), tmp_path / "c") == str(old)
+    with pytest.raises(RunConfigError, match="no checkpoint matches"):
+        resolve_ckpt_path("last", tmp_path / "nothing" / "run")
+    with pytest.raises(RunConfigError, match="no such file"):
+        resolve_ckpt_path(str(tmp_path / "missing.ckpt"), tmp_path / "c")
+
+
+def run_train(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def tiny_run(data_dir: Path, run_dir: Path) -> list[str]:
+    return [f"hydra.run.dir={run_dir}", "task=caption", "data.synthetic_dir=null",
+            f"data.train_shards={data_dir}/train-*.tar",
+            f"data.val_shards={data_dir}/val-*.tar", f"data.test_shards={data_dir}/test-*.tar",
+            f"tokenizer.path={data_dir}/tokenizer.json", "model.d_model=32", "model.encoder_layers=1",
+            "model.decoder_layers=1", "model.encoder_attention_heads=2", "model.decoder_attention_heads=2",
+            "model.encoder_ffn_dim=64", "model.decoder_ffn_dim=64", "task.image_size=32", "data.batch_size=2",
+            "data.num_workers=0", "data.batches_per_epoch=2", "trainer.max_epochs=1", "logger=none",
+            "trainer.limit_val_batches=0", "test_after_fit=false"]
+
+
+@pytest.mark.parametrize("key, name", [("ckpt_path", "evil.ckpt"), ("init_from", "evil.pt")])
+def test_train_refuses_a_pickle_payload_in_one_line(key: str, name: str, synthetic_data_dir: Path,
+                                                    tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = evil_checkpoint(tmp_path, marker, name)
+    proc = run_train(tiny_run(synthetic_data_dir, tmp_path / "run") + [f"{key}={path}"])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert not marker.exists()
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("checkpoint error:") and "refusing to unpickle io.open" in last, last
+
+
+# ------------------------------------------------------------------------------ non-finite steps
+class WeightWatch(pl.Callback):
+    """Whether each optimizer step changed the weights."""
+
+    def __init__(self) -> None:
+        self.changed: dict[int, bool] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._before = [p.detach().clone() for p in pl_module.parameters()]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        after = list(pl_module.parameters())
+        self.changed[batch_idx] = any(not torch.equal(a, b) for a, b in zip(self._before, after))
+
+
+def test_nonfinite_step_is_skipped_and_counted(tokenizer, synthetic_shards, tmp_path: Path) -> None:
+    module = make_module(tokenizer, debug_nan_steps=[1])
+    dm = make_dm(module.tasks, synthetic_shards)
+    watch = WeightWatch()
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
+                         callbacks=[watch], default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=dm)
+    assert watch.changed == {0: True, 1: False, 2: True}  # weights untouched by the NaN step only
+    assert module.nonfinite_skipped == 1
+    assert trainer.callback_metrics["train/nonfinite_skipped"].item() == 1.0
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_too_many_nonfinite_steps_in_a_row_stop_the_run(tokenizer, synthetic_shards, tmp_path: Path) -> None:
+    module = make_module(tokenizer, debug_nan_steps=[0, 1], max_nonfinite_steps=2)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
+                         default_root_dir=str(tmp_path))
+    with pytest.raises(NonFiniteError, match=r"2 steps in a row .*module.max_nonfinite_steps=2"):
+        trainer.fit(module, datamodule=make_dm(module.tasks, synthetic_shards))
+
+
+# ------------------------------------------------------------------------------ configurations
+def run_cfg(data_dir: Path, **overrides) -> OmegaConf:
+    cfg = OmegaConf.create({
+        "data": {"train_shards": f"{data_dir}/train-*.tar", "val_shards": None, "test_shards": None},
+        "task": {"name": "caption", "image_size": 32, "max_tgt_length": 20, "max_src_length": 80,
+                 "generation": {"max_len_b": 16}},
+        "model": {"image_bucket_size": 42, "max_target_positions": 1024, "max_source_positions": 1024}})
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+class NoBins:
+    num_bins = 0
+
+
+@pytest.mark.parametrize("overrides, tokenizer, needle", [
+    ({"task.image_size": 1024}, None, "task.image_size=1024 gives a 64x64 patch grid but model.image_bucket_size=42"),
+    ({"task.max_tgt_length": 1023}, None, "task.max_tgt_length=1023 (+2 special tokens) exceeds model.max_target"),
+    ({"task.generation.max_len_b": 2000}, None, "task.generation.max_len_b=2000 exceeds model.max_target_positions"),
+    ({"task.name": "grounding"}, NoBins(), "grounding needs <bin_i> location tokens but the tokenizer has 0"),
+    ({"data.val_shards": "/nowhere/val-{0..3}.tar"}, None, "data.val_shards=/nowhere/val-{0..3}.tar: 4 of 4 shard"),
+    ({"data.test_shards": "/nowhere/test-*.tar"}, None, "data.test_shards=/nowhere/test-*.tar: shard pattern"),
+])
+def test_impossible_configurations_are_named(overrides, tokenizer, needle, synthetic_data_dir: Path) -> None:
+    check_run(run_cfg(synthetic_data_dir), object())  # the baseline passes
+    with pytest.raises(RunConfigError) as err:
+        check_run(run_cfg(synthetic_data_dir, **overrides), tokenizer or object())
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("data.train_shards='/nowhere/train-{000000..000003}.tar'", "config error: data.train_shards=/nowhere/train-"),
+    ("task.image_size=2048", "config error: task.image_size=2048 gives a 128x128 patch grid"),
+    ("seeed=3", "seeed"),  # misspelled top-level key
+    ("trainer=tpu", "valid choices for 'trainer'"),  # unknown group option
+    ("data.batch_size=four", "data.batch_size"),  # wrong type
+])
+def test_train_refuses_bad_configs_before_any_work(override: str, needle: str, synthetic_data_dir: Path,
+                                                   tmp_path: Path) -> None:
+    proc = run_train(tiny_run(synthetic_data_dir, tmp_path / "run") + [override])
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("Seed set to")]
+    assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -1,0 +1,107 @@
+"""A run SIGKILLed mid-epoch and resumed with `ckpt_path=last` logs bitwise the same per-step training losses
+as an uninterrupted run of the same seed (model, optimizer, scheduler, RNG states and the position in the
+training stream all restored; dropout on, so the RNG states matter)."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=64, decoder_ffn_dim=64, dropout=0.1)
+STEPS_PER_EPOCH, EPOCHS = 6, 2
+MID_EPOCH = (4, 9)  # (checkpoint every, kill after step): resumes from step 8, mid-epoch 1
+EPOCH_END = (3, 7)  # resumes from step 6, the end of epoch 0
+
+
+def overrides(data_dir: Path, run_dir: Path, num_workers: int, every: int) -> list[str]:
+    return [f"hydra.run.dir={run_dir}", "task=caption", "data.synthetic_dir=null",
+            f"data.train_shards={data_dir}/train-*.tar",
+            f"data.val_shards={data_dir}/val-*.tar", f"data.test_shards={data_dir}/test-*.tar",
+            f"tokenizer.path={data_dir}/tokenizer.json", *[f"model.{k}={v}" for k, v in TINY.items()],
+            "task.image_size=32", "data.batch_size=4", "data.shuffle_buffer=8",
+            f"data.num_workers={num_workers}", f"data.batches_per_epoch={STEPS_PER_EPOCH}",
+            f"trainer.max_epochs={EPOCHS}", "trainer.limit_val_batches=0", "trainer.deterministic=true",
+            "trainer.log_every_n_steps=1", "test_after_fit=false", "logger=csv", "logger.flush_logs_every_n_steps=1",
+            f"callbacks.step_checkpoint.every_n_train_steps={every}", "callbacks.progress_bar.refresh_rate=100"]
+
+
+def env() -> dict:
+    out = {**os.environ, "WANDB_MODE": "disabled"}
+    out.pop("HYDRA_FULL_ERROR", None)
+    return out
+
+
+def train(args: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def losses(run_dir: Path) -> dict[int, str]:
+    """step -> train/loss as logged (the CSV holds the float's full repr, so string equality is bitwise)."""
+    out = {}
+    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                if row.get("train/loss"):
+                    out[int(row["step"])] = row["train/loss"]
+    return out
+
+
+def train_and_kill(args: list[str], run_dir: Path, after_step: int) -> None:
+    """Start train.py and SIGKILL it as soon as its log shows `after_step`."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    try:
+        while max(losses(run_dir), default=-1) < after_step:
+            assert proc.poll() is None, f"run ended (rc {proc.returncode}) before step {after_step}"
+            assert time.monotonic() < deadline, "timed out waiting for the run to reach the kill step"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def check_exact_resume(data_dir: Path, tmp_path: Path, num_workers: int, plan: tuple[int, int]) -> None:
+    every, kill_after = plan
+    full = tmp_path / "full" / "run"
+    train(overrides(data_dir, full, num_workers, every))
+    reference = losses(full)
+    assert sorted(reference) == list(range(STEPS_PER_EPOCH * EPOCHS))
+
+    first, second = tmp_path / "killed" / "first", tmp_path / "killed" / "second"
+    train_and_kill(overrides(data_dir, first, num_workers, every), first, kill_after)
+    ckpt = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    saved_step = ckpt["global_step"]
+    assert saved_step == kill_after // every * every, saved_step
+    assert not list((first / "checkpoints").glob(".*.tmp")), "a temp checkpoint was left behind"
+
+    proc = train(overrides(data_dir, second, num_workers, every) + ["ckpt_path=last"])  # finds first's last.ckpt
+    resumed = losses(second)
+    assert sorted(resumed) == list(range(saved_step, STEPS_PER_EPOCH * EPOCHS)), proc.stdout[-2000:]
+    assert {s: reference[s] for s in resumed} == resumed  # bitwise: no sample skipped or repeated
+    killed = losses(first)  # the steps logged before the kill match too
+    assert {s: reference[s] for s in killed} == killed
+
+
+def test_sigkill_mid_epoch_and_resume_is_bitwise_exact(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    check_exact_resume(synthetic_data_dir, tmp_path, num_workers=0, plan=MID_EPOCH)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_workers, plan", [(1, MID_EPOCH), (0, EPOCH_END), (1, EPOCH_END)])
+def test_sigkill_and_resume_is_bitwise_exact_variants(synthetic_data_dir: Path, tmp_path: Path, num_workers: int,
+                                                      plan: tuple[int, int]) -> None:
+    check_exact_resume(synthetic_data_dir, tmp_path, num_workers=num_workers, plan=plan)
