@@ -4,8 +4,8 @@
 - `AtomicCheckpointIO`: writes `<dir>/.<name>.*.tmp`, flushes + fsyncs, then `os.replace`s it over the
   target, so a kill never leaves a half-written `last.ckpt`; loads with `weights_only=True` only
   (`ofa.checkpoint.safe_torch_load`): a checkpoint carrying any other pickle global is refused, unrun.
-- `RNGStateCallback`: torch (+ CUDA), python `random` and numpy states travel in the checkpoint and are put
-  back just before the first training batch after a resume.
+- `RNGStateCallback`: torch (+ CUDA), python `random` and numpy states (every DDP rank's) travel in the
+  checkpoint and are put back, each rank its own, just before the first training batch after a resume.
 - `resolve_ckpt_path`: `last` = the newest `*/checkpoints/last.ckpt` of this run name.
 - `check_run`: missing shard files, and model/task/tokenizer combinations that cannot work.
 - `exit_on_fault`: these errors (and a run stopped by non-finite losses) print one line and exit.
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
@@ -123,13 +124,20 @@ def restore_rng(state: Mapping[str, Any]) -> None:
 class RNGStateCallback(pl.Callback):
     """Saves the global RNG states with every checkpoint; after a resume, restores them right before the
     first training batch, i.e. where the interrupted run saved them (the data streams use their own RNGs,
-    so nothing in between draws from the global ones). Rank 0's states are restored on every rank."""
+    so nothing in between draws from the global ones). Under DDP every rank's states are gathered into the
+    checkpoint (`per_rank`; ranks draw differently, e.g. dropout on different batch shapes) and each rank gets
+    its own back; resumed with another world size (or from an older checkpoint), rank 0's on every rank."""
 
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
 
-    def state_dict(self) -> dict[str, Any]:
-        return capture_rng()
+    def state_dict(self) -> dict[str, Any]:  # called on every rank by `trainer.save_checkpoint`
+        state = capture_rng()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            per_rank: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(per_rank, state)
+            state = {**state, "per_rank": per_rank}
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = state_dict
@@ -137,7 +145,9 @@ class RNGStateCallback(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if self._pending is not None:
-            restore_rng(self._pending)
+            per_rank = self._pending.get("per_rank")
+            own = per_rank is not None and len(per_rank) == trainer.world_size
+            restore_rng(per_rank[trainer.global_rank] if own else self._pending)
             self._pending = None
 
 

@@ -1,10 +1,15 @@
 """A run SIGKILLed mid-epoch and resumed with `ckpt_path=last` logs bitwise the same per-step training losses
 as an uninterrupted run of the same seed (model, optimizer, scheduler, RNG states and the position in the
-training stream all restored; dropout on, so the RNG states matter)."""
+training stream all restored; dropout on, so the RNG states matter). Also as a 2-process CPU DDP run
+(`trainer=ddp_sim`, gloo): the whole process group is killed, and each rank must get back its own RNG states
+and stream position (rank 0's loss is logged; rank 1's batches reach it through the averaged gradients, and the
+final weights are compared too)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,8 +27,8 @@ MID_EPOCH = (4, 9)  # (checkpoint every, kill after step): resumes from step 8, 
 EPOCH_END = (3, 7)  # resumes from step 6, the end of epoch 0
 
 
-def overrides(data_dir: Path, run_dir: Path, num_workers: int, every: int) -> list[str]:
-    return [f"hydra.run.dir={run_dir}", "task=caption", "data.synthetic_dir=null",
+def overrides(data_dir: Path, run_dir: Path, num_workers: int, every: int, trainer: str = "cpu") -> list[str]:
+    return [f"hydra.run.dir={run_dir}", f"trainer={trainer}", "task=caption", "data.synthetic_dir=null",
             f"data.train_shards={data_dir}/train-*.tar",
             f"data.val_shards={data_dir}/val-*.tar", f"data.test_shards={data_dir}/test-*.tar",
             f"tokenizer.path={data_dir}/tokenizer.json", *[f"model.{k}={v}" for k, v in TINY.items()],
@@ -58,40 +63,55 @@ def losses(run_dir: Path) -> dict[int, str]:
     return out
 
 
+def rank_counts(output: str) -> dict[int, tuple[int, int]]:
+    """rank -> (train batches, optimizer steps) from each rank's `[rank r/w] ...` summary line."""
+    found = re.findall(r"\[rank (\d+)/\d+\] train batches: (\d+), optimizer steps: (\d+)", output)
+    return {int(r): (int(b), int(s)) for r, b, s in found}
+
+
 def train_and_kill(args: list[str], run_dir: Path, after_step: int) -> None:
-    """Start train.py and SIGKILL it as soon as its log shows `after_step`."""
+    """Start train.py and SIGKILL its whole process group (all DDP ranks) as soon as its log shows `after_step`."""
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
     try:
         while max(losses(run_dir), default=-1) < after_step:
             assert proc.poll() is None, f"run ended (rc {proc.returncode}) before step {after_step}"
             assert time.monotonic() < deadline, "timed out waiting for the run to reach the kill step"
             time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
+    finally:  # also on a failed wait: nothing is left running
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
 
 
-def check_exact_resume(data_dir: Path, tmp_path: Path, num_workers: int, plan: tuple[int, int]) -> None:
+def check_exact_resume(data_dir: Path, tmp_path: Path, num_workers: int, plan: tuple[int, int],
+                       trainer: str = "cpu") -> None:
     every, kill_after = plan
+    steps, ranks = STEPS_PER_EPOCH * EPOCHS, 2 if trainer == "ddp_sim" else 1
     full = tmp_path / "full" / "run"
-    train(overrides(data_dir, full, num_workers, every))
+    proc = train(overrides(data_dir, full, num_workers, every, trainer))
     reference = losses(full)
-    assert sorted(reference) == list(range(STEPS_PER_EPOCH * EPOCHS))
+    assert sorted(reference) == list(range(steps))
+    assert rank_counts(proc.stdout + proc.stderr) == {r: (steps, steps) for r in range(ranks)}
 
     first, second = tmp_path / "killed" / "first", tmp_path / "killed" / "second"
-    train_and_kill(overrides(data_dir, first, num_workers, every), first, kill_after)
+    train_and_kill(overrides(data_dir, first, num_workers, every, trainer), first, kill_after)
     ckpt = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     saved_step = ckpt["global_step"]
     assert saved_step == kill_after // every * every, saved_step
     assert not list((first / "checkpoints").glob(".*.tmp")), "a temp checkpoint was left behind"
 
-    proc = train(overrides(data_dir, second, num_workers, every) + ["ckpt_path=last"])  # finds first's last.ckpt
+    proc = train(overrides(data_dir, second, num_workers, every, trainer) + ["ckpt_path=last"])  # first's last.ckpt
     resumed = losses(second)
-    assert sorted(resumed) == list(range(saved_step, STEPS_PER_EPOCH * EPOCHS)), proc.stdout[-2000:]
+    assert sorted(resumed) == list(range(saved_step, steps)), proc.stdout[-2000:]
     assert {s: reference[s] for s in resumed} == resumed  # bitwise: no sample skipped or repeated
+    assert rank_counts(proc.stdout + proc.stderr) == {r: (steps, steps) for r in range(ranks)}
+    weights = [torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+               for run in (full, second)]  # the last step (every rank's batch) included
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     killed = losses(first)  # the steps logged before the kill match too
     assert {s: reference[s] for s in killed} == killed
 
@@ -101,7 +121,9 @@ def test_sigkill_mid_epoch_and_resume_is_bitwise_exact(synthetic_data_dir: Path,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("num_workers, plan", [(1, MID_EPOCH), (0, EPOCH_END), (1, EPOCH_END)])
-def test_sigkill_and_resume_is_bitwise_exact_variants(synthetic_data_dir: Path, tmp_path: Path, num_workers: int,
-                                                      plan: tuple[int, int]) -> None:
-    check_exact_resume(synthetic_data_dir, tmp_path, num_workers=num_workers, plan=plan)
+@pytest.mark.parametrize("trainer, num_workers, plan", [
+    ("cpu", 1, MID_EPOCH), ("cpu", 0, EPOCH_END), ("cpu", 1, EPOCH_END),
+    pytest.param("ddp_sim", 0, MID_EPOCH, id="ddp_sim-0-mid_epoch")])  # 2 processes, gloo; the group is killed
+def test_sigkill_and_resume_is_bitwise_exact_variants(synthetic_data_dir: Path, tmp_path: Path, trainer: str,
+                                                      num_workers: int, plan: tuple[int, int]) -> None:
+    check_exact_resume(synthetic_data_dir, tmp_path, num_workers=num_workers, plan=plan, trainer=trainer)
