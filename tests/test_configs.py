@@ -80,7 +80,11 @@ def test_model_yaml_mirrors_preset(name: str) -> None:
 
 
 def test_default_config_instantiates(synthetic_data_dir: Path, tmp_path: Path) -> None:
-    cfg = compose_cfg(data_overrides(synthetic_data_dir) + ["logger=csv"], tmp_path)
+    """`python train.py`: the task mixture on the synthetic world, ofa_nano, METEOR off."""
+    cfg = compose_cfg([f"data.synthetic_dir={synthetic_data_dir}", "data.num_workers=0",
+                       f"tokenizer.path={synthetic_data_dir}/tokenizer.json", "logger=csv"], tmp_path)
+    assert cfg.hydra.runtime.choices["task"] == "mixture" and cfg.hydra.runtime.choices["model"] == "ofa_nano"
+    assert cfg.task.tasks.caption.meteor is False
     tokenizer = factory.build_tokenizer_from(cfg.tokenizer)
     tasks = factory.build_tasks(cfg.task, tokenizer)
     dm = factory.build_datamodule(cfg.data, tasks)
@@ -88,10 +92,18 @@ def test_default_config_instantiates(synthetic_data_dir: Path, tmp_path: Path) -
     trainer = factory.build_trainer(cfg.trainer, factory.build_logger(cfg.logger),
                                     factory.build_callbacks(cfg.callbacks))
     assert isinstance(module, OFALitModule) and module.model_cfg.vocab_size == len(tokenizer)
-    assert dm.eval_task_names("val") == ["caption"]
-    assert trainer.checkpoint_callback.monitor == "val/caption/cider"
+    assert set(tasks) == set(TASKS) and dm.eval_task_names("val") == list(tasks)
+    assert trainer.checkpoint_callback.monitor == "val/vqa/score"
     module.configure_model()
     assert module.model is not None
+
+
+def test_caption_recipe_keeps_the_old_default(tmp_path: Path) -> None:
+    """`experiment=caption_nano_synthetic` is the caption-only run that `python train.py` used to be."""
+    cfg = compose_cfg(["experiment=caption_nano_synthetic"], tmp_path)
+    assert cfg.task.name == "caption" and cfg.task.image_size == 96 and cfg.task.meteor is False
+    assert cfg.data.batch_size * cfg.data.batches_per_epoch * cfg.trainer.max_epochs == 16 * 150 * 8
+    assert cfg.trainer.check_val_every_n_epoch == 2 and cfg.trainer.limit_val_batches == 1.0
 
 
 def test_mixture_instantiates(synthetic_data_dir: Path, tmp_path: Path) -> None:
@@ -151,7 +163,9 @@ def test_sweep_config(tmp_path: Path) -> None:
 
 def test_data_follows_task(tmp_path: Path) -> None:
     cfg = compose_cfg([], tmp_path)
-    assert cfg.hydra.runtime.choices["data"] == cfg.hydra.runtime.choices["task"] == "caption"
+    assert cfg.hydra.runtime.choices["data"] == cfg.hydra.runtime.choices["task"] == "mixture"
+    single = compose_cfg(["task=vqa"], tmp_path)
+    assert single.hydra.runtime.choices["data"] == "vqa"
     other = compose_cfg(["data=coco_caption"], tmp_path)
     assert other.hydra.runtime.choices["data"] == "coco_caption"
 
@@ -160,7 +174,7 @@ def test_data_follows_task(tmp_path: Path) -> None:
     ("model.d_modl=3", "d_modl"),
     ("model.d_model=abc", "model.d_model"),
     ("task.beam=3", "beam"),
-    ("task.generation.beams=3", "beams"),
+    ("task.tasks.caption.generation.beams=3", "beams"),  # the default task is the mixture
     ("data.batch_sze=3", "batch_sze"),
     ("trainer.max_epoch=1", "max_epoch"),
     ("trainer.max_epochs=abc", "trainer.max_epochs"),

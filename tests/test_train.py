@@ -24,7 +24,7 @@ FAST = ["task.image_size=32", "task.generation.beam_size=2", "task.generation.ma
 
 
 def base_overrides(data_dir: Path, run_dir: Path) -> list[str]:
-    return [f"hydra.run.dir={run_dir}", "data.synthetic_dir=null",
+    return [f"hydra.run.dir={run_dir}", "task=caption", "data.synthetic_dir=null",  # the default is the mixture
             f"data.train_shards={data_dir}/train-*.tar", f"data.val_shards={data_dir}/val-*.tar",
             f"data.test_shards={data_dir}/test-*.tar", f"tokenizer.path={data_dir}/tokenizer.json",
             *TINY_MODEL, *FAST]

@@ -130,11 +130,12 @@ def test_training_on_damaged_data_completes_and_reports_skips(synthetic_data_dir
 
     run_dir = tmp_path / "run"
     proc = run_train([
-        f"hydra.run.dir={run_dir}", "model=ofa_nano", "logger=csv", "data.synthetic_dir=null",
+        f"hydra.run.dir={run_dir}", "task=caption", "model=ofa_nano", "logger=csv", "data.synthetic_dir=null",
         f"data.train_shards='{all_shards}'", f"data.val_shards='{all_shards}'", f"data.test_shards='{all_shards}'",
         f"tokenizer.path={synthetic_data_dir}/tokenizer.json", f"data.max_image_pixels={MAX_PIXELS}",
         "data.num_workers=1", "data.batch_size=4", "data.eval_batch_size=8", "data.batches_per_epoch=4",
         "data.shuffle_buffer=8", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",
+        "trainer.limit_val_batches=1.0",
         "trainer.log_every_n_steps=1",
         "task.image_size=32", "task.generation.beam_size=2", "task.generation.max_len_b=4",
         "task.ptb_tokenizer=false", "callbacks.progress_bar.refresh_rate=1",
