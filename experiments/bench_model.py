@@ -1,20 +1,30 @@
 """CPU throughput of the OFA model core: training step, beam-5 and greedy generation.
 
 Question: how fast is `ofa_tiny` on a small CPU box (2 threads), and how much memory does it take?
-Default setting (the issue's): batch 8, 256x256 images, source 32 tokens, target 20, 20 generated tokens.
+Default setting (the issue's): batch 8, 256x256 images, source 32 tokens, target 20 (teacher forcing),
+and generation of exactly 20 tokens + `</s>` (min_len = max_len_b = 20: `</s>` is banned for 20 steps
+and forced at step 21, so every call runs 21 decoder steps; the bench checks the lengths).
 
     .venv/bin/python experiments/bench_model.py                 # full table (a few minutes)
     .venv/bin/python experiments/bench_model.py --steps 1       # quick check that it runs
+    .venv/bin/python experiments/bench_model.py --phases train  # one phase
 
-Times are medians over the timed calls (a busy machine gives outliers). Peak memory is the process's
-resident-set high-water mark per phase (reset through /proc/self/clear_refs
-where Linux allows it; otherwise the high-water mark since start).
+Times are medians over the timed calls (a busy machine gives outliers; the minimum is printed too).
+Peak memory is the process's resident-set high-water mark per phase (reset through
+/proc/self/clear_refs where Linux allows it; otherwise the high-water mark since start); the phases run
+generation first, as memory freed by training stays in the process. For clean per-phase peaks run one
+phase per process (`--phases train`).
+`--malloc keep` stops glibc from returning large freed blocks to the kernel (no mmap'd chunks, no
+trimming), so big tensors reuse pages instead of page-faulting fresh ones on every allocation; the same
+as `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736` for any process.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
 import resource
 import statistics
 import time
@@ -54,11 +64,22 @@ def make_batch(b: int, image: int, src_len: int, tgt_len: int) -> dict:
     tgt = torch.randint(4, 50000, (b, tgt_len + 1), generator=g)
     tgt[:, 0] = BOS
     return {"src_tokens": src, "prev_output_tokens": tgt[:, :-1], "target": tgt[:, 1:],
-            "patch_images": torch.randn(b, 3, image, image, generator=g), "patch_masks": torch.ones(b, dtype=torch.bool)}
+            "patch_images": torch.randn(b, 3, image, image, generator=g),
+            "patch_masks": torch.ones(b, dtype=torch.bool)}
 
 
-def timed(fn, steps: int) -> tuple[float, float]:
-    """Median seconds per call (after one warm-up call) and the peak RSS in MB during the timed calls."""
+def keep_freed_memory() -> bool:
+    """glibc: serve every allocation from the heap and never trim it (see the module docstring)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**36))
+
+
+def timed(fn, steps: int) -> tuple[list[float], float]:
+    """Seconds per timed call (after one warm-up call) and the peak RSS in MB during the timed calls."""
     fn()
     reset_peak_rss()
     times = []
@@ -66,7 +87,7 @@ def timed(fn, steps: int) -> tuple[float, float]:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), peak_rss_mb()
+    return times, peak_rss_mb()
 
 
 def train_step(model: OFAModel, batch: dict):
@@ -85,8 +106,13 @@ def generate_step(model: OFAModel, batch: dict, beam: int, new_tokens: int):
 
     @torch.no_grad()
     def step() -> None:
-        generator.generate(batch["src_tokens"], batch["patch_images"], batch["patch_masks"])
+        hyps = generator.generate(batch["src_tokens"], batch["patch_images"], batch["patch_masks"])
+        lengths = {len(h.tokens) for sample in hyps for h in sample}
+        assert lengths == {new_tokens + 1}, f"expected {new_tokens} tokens + </s>, got lengths {lengths}"
     return step
+
+
+PHASES = ("train", "beam5", "greedy")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -96,43 +122,48 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--src-len", type=int, default=32)
-    p.add_argument("--tgt-len", type=int, default=20)
+    p.add_argument("--tgt-len", type=int, default=20, help="target length; also the number of generated tokens")
     p.add_argument("--steps", type=int, default=3, help="timed calls per phase (after one warm-up)")
-    p.add_argument("--no-generation", action="store_true")
+    p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
+    p.add_argument("--malloc", choices=("default", "keep"), default="default")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
 
+    if args.malloc == "keep" and not keep_freed_memory():
+        raise SystemExit("--malloc keep needs glibc")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = OFAModel(OFAConfig.from_preset(args.preset, vocab_size=VOCAB))
     batch = make_batch(args.batch, args.image_size, args.src_len, args.tgt_len)
-    phases = {"train step (fwd+bwd)": lambda: train_step(model.train(), batch)}
-    try:
-        import ofa.modules.generation  # noqa: F401
-        have_generation = not args.no_generation
-    except ImportError:
-        have_generation = False
-    if have_generation:
-        phases["beam-5 generation"] = lambda: generate_step(model.eval(), batch, 5, args.tgt_len)
-        phases["greedy generation"] = lambda: generate_step(model.eval(), batch, 1, args.tgt_len)
+    makers = {"train": lambda: train_step(model.train(), batch),
+              "beam5": lambda: generate_step(model.eval(), batch, 5, args.tgt_len),
+              "greedy": lambda: generate_step(model.eval(), batch, 1, args.tgt_len)}
+    load_before = os.getloadavg()
     results = {}
-    for name, make in phases.items():
-        secs, peak = timed(make(), args.steps)
-        results[name] = {"samples_per_s": args.batch / secs, "s_per_batch": secs, "peak_rss_mb": peak}
-    print_table(args, results)
+    for name in sorted(args.phases, key=("beam5", "greedy", "train").index):  # the big training peak last
+        times, peak = timed(makers[name](), args.steps)
+        secs = statistics.median(times)
+        results[name] = {"samples_per_s": args.batch / secs, "s_per_batch": secs, "min_s_per_batch": min(times),
+                         "peak_rss_mb": peak}
+    load = {"before": load_before, "after": os.getloadavg()}
+    print_table(args, results, load)
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
-                                        indent=1))
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "load": load,
+                                         "torch": torch.__version__, "results": results}, indent=1))
     return results
 
 
-def print_table(args: argparse.Namespace, results: dict) -> None:
-    print(f"\n{args.preset}, {args.threads} threads, batch {args.batch}, {args.image_size}px, "
-          f"src {args.src_len}, tgt {args.tgt_len}, {args.steps} timed steps, torch {torch.__version__}")
-    print(f"| {'phase':<22} | {'samples/s':>9} | {'s/batch':>8} | {'peak RSS MB':>11} |")
-    print(f"|{'-' * 24}|{'-' * 11}|{'-' * 10}|{'-' * 13}|")
-    for name, r in results.items():
-        print(f"| {name:<22} | {r['samples_per_s']:>9.2f} | {r['s_per_batch']:>8.2f} | {r['peak_rss_mb']:>11.0f} |")
+def print_table(args: argparse.Namespace, results: dict, load: dict) -> None:
+    names = {"train": "train step (fwd+bwd)", "beam5": "beam-5 generation", "greedy": "greedy generation"}
+    print(f"\n{args.preset}, {args.threads} threads, batch {args.batch}, {args.image_size}px, src {args.src_len}, "
+          f"tgt {args.tgt_len}, generating exactly {args.tgt_len} tokens + </s>, {args.steps} timed steps, "
+          f"malloc {args.malloc}, torch {torch.__version__}")
+    print(f"load average (1 min) before {load['before'][0]:.2f}, after {load['after'][0]:.2f}")
+    print(f"| {'phase':<22} | {'samples/s':>9} | {'s/batch':>8} | {'min s':>6} | {'peak RSS MB':>11} |")
+    print(f"|{'-' * 24}|{'-' * 11}|{'-' * 10}|{'-' * 8}|{'-' * 13}|")
+    for name, r in sorted(results.items(), key=lambda item: PHASES.index(item[0])):
+        print(f"| {names[name]:<22} | {r['samples_per_s']:>9.2f} | {r['s_per_batch']:>8.2f} | "
+              f"{r['min_s_per_batch']:>6.2f} | {r['peak_rss_mb']:>11.0f} |")
 
 
 if __name__ == "__main__":

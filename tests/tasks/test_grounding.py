@@ -99,8 +99,9 @@ class BinModel(torch.nn.Module):
         t = prev.size(1) - 1  # tokens generated so far
         logits = torch.zeros(prev.size(0), 1, self.vocab)
         logits[:, 0, self.distractor] = 10.0  # a text token: the bin constraint must rule it out
-        if t < 4:
-            logits[torch.arange(prev.size(0)), 0, enc.wanted[:, t]] = 5.0
+        if t < 4:  # the generator passes one encoder row per sample and `beam` target rows per sample
+            wanted = enc.wanted.repeat_interleave(prev.size(0) // enc.wanted.size(0), dim=0)
+            logits[torch.arange(prev.size(0)), 0, wanted[:, t]] = 5.0
         else:
             logits[:, 0, self.eos] = 5.0
         return logits
