@@ -78,7 +78,7 @@ def test_fairseq_import_and_exports_round_trip(fairseq_pt, tmp_path):
     assert model.decoder.output_projection.weight is model.encoder.embed_tokens.weight
 
     hf_dir = ck.export_hf(model, ckpt.config, tmp_path / "hf")
-    assert "decoder.layers.0.cross_attn.q_proj.weight" in torch.load(hf_dir / "pytorch_model.bin")
+    assert "decoder.layers.0.cross_attn.q_proj.weight" in torch.load(hf_dir / "pytorch_model.bin", weights_only=True)
     back = ck.read_checkpoint(hf_dir)
     assert back.config == OFAConfig.from_dict({**fs_config().to_dict()})
     same_weights(back.state_dict, sd)
