@@ -1,7 +1,6 @@
 """GroundingTask: prompt, S×S resize, box quantisation round trip, bin-constrained decoding, Acc@0.5."""
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import pytest
@@ -10,9 +9,7 @@ from PIL import Image
 from torch import Tensor
 
 from ofa.datamodules.collate import collate
-from ofa.datamodules.synthetic import SyntheticConfig, make_sample
-from ofa.modules.config import OFAConfig
-from ofa.modules.model import OFAModel
+from synthetic_eval import evaluate_on_synthetic
 from ofa.tasks.grounding import BinConstraint, GroundingConfig, GroundingTask, dequantize_boxes, quantize_boxes
 
 BOX = [10.0, 5.0, 60.0, 45.0]  # in a 100x50 image
@@ -133,13 +130,6 @@ def test_without_the_constraint_the_distractor_wins(tokenizer) -> None:
 
 def test_end_to_end_on_synthetic_samples(tokenizer) -> None:
     task = GroundingTask(tokenizer, GroundingConfig(image_size=64, max_image_size=64))
-    samples = []
-    for i in range(2):
-        record, jpeg = make_sample(SyntheticConfig(image_size=64), "val", i)
-        samples.append(task.preprocess({**record, "image": Image.open(io.BytesIO(jpeg)).convert("RGB")}, "val"))
-    torch.manual_seed(0)
-    model = OFAModel(OFAConfig.from_preset("ofa_nano", vocab_size=len(tokenizer))).eval()
-    metrics = task.build_metrics()
-    rows = task.evaluate(model, collate(samples, tokenizer.pad), metrics)
+    rows, metrics = evaluate_on_synthetic(task, tokenizer, 2)
     assert len(rows) == 2 and all(len(r["box"]) == 4 for r in rows)
     assert metrics["acc"].count.item() == 2

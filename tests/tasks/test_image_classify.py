@@ -1,19 +1,15 @@
 """ImageClassifyTask: prompt ids, target, class-name trie, candidate file, top-1 accuracy."""
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from ofa.datamodules.collate import collate
-from ofa.datamodules.synthetic import SyntheticConfig, make_sample
-from ofa.modules.config import OFAConfig
-from ofa.modules.model import OFAModel
+from synthetic_eval import evaluate_on_synthetic
 from ofa.tasks.image_classify import ImageClassifyConfig, ImageClassifyTask
 from ofa.tokenizer import build_tokenizer
 
@@ -82,12 +78,5 @@ def test_accuracy(task: ImageClassifyTask, tokenizer) -> None:
 def test_end_to_end_on_synthetic_samples(tokenizer, synthetic_data_dir: Path) -> None:
     task = ImageClassifyTask(tokenizer, ImageClassifyConfig(image_size=64,
                                                             classes_file=str(synthetic_data_dir / "classes.json")))
-    samples = []
-    for i in range(3):
-        record, jpeg = make_sample(SyntheticConfig(image_size=64), "val", i)
-        samples.append(task.preprocess({**record, "image": Image.open(io.BytesIO(jpeg)).convert("RGB")}, "val"))
-    torch.manual_seed(0)
-    model = OFAModel(OFAConfig.from_preset("ofa_nano", vocab_size=len(tokenizer))).eval()
-    metrics = task.build_metrics()
-    rows = task.evaluate(model, collate(samples, tokenizer.pad), metrics)
+    rows, metrics = evaluate_on_synthetic(task, tokenizer, 3)
     assert all(r["prediction"] in task.candidates for r in rows) and metrics["acc"].count.item() == 3

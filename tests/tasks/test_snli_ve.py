@@ -1,16 +1,12 @@
 """SNLIVETask: the two prompts, label words, prev_output layout, trie masks, accuracy."""
 from __future__ import annotations
 
-import io
 
 import pytest
-import torch
 from PIL import Image
 
 from ofa.datamodules.collate import collate
-from ofa.datamodules.synthetic import SyntheticConfig, make_sample
-from ofa.modules.config import OFAConfig
-from ofa.modules.model import OFAModel
+from synthetic_eval import evaluate_on_synthetic
 from ofa.tasks.snli_ve import SNLIVEConfig, SNLIVETask, snli_ve_prompt
 
 
@@ -73,12 +69,5 @@ def test_accuracy(task: SNLIVETask, tokenizer) -> None:
 
 def test_end_to_end_on_synthetic_samples(tokenizer) -> None:
     task = SNLIVETask(tokenizer, SNLIVEConfig(image_size=64))
-    samples = []
-    for i in range(2):
-        record, jpeg = make_sample(SyntheticConfig(image_size=64), "val", i)
-        samples.append(task.preprocess({**record, "image": Image.open(io.BytesIO(jpeg)).convert("RGB")}, "val"))
-    torch.manual_seed(0)
-    model = OFAModel(OFAConfig.from_preset("ofa_nano", vocab_size=len(tokenizer))).eval()
-    metrics = task.build_metrics()
-    rows = task.evaluate(model, collate(samples, tokenizer.pad), metrics)
+    rows, metrics = evaluate_on_synthetic(task, tokenizer, 2)
     assert all(r["prediction"] in ("yes", "no", "maybe") for r in rows) and metrics["acc"].count.item() == 2
