@@ -1,22 +1,21 @@
 """Data: WebDataset shards -> `task.preprocess` -> `collate` -> batches (`OFADataModule`).
 
-`OFADataModule` and `TaskData` are imported lazily, so that the command-line tools of this package
-(`python -m ofa.datamodules.synthetic`, `...convert`) start without importing Lightning.
+Every name is imported lazily, so that the command-line tools of this package
+(`python -m ofa.datamodules.synthetic`, `...convert`) start without importing torch or Lightning.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from ofa.datamodules.collate import collate
-from ofa.datamodules.shards import SkipCounter, expand_shards
-from ofa.datamodules.synthetic import ensure_synthetic_dataset
-
-__all__ = ["OFADataModule", "SkipCounter", "TaskData", "collate", "ensure_synthetic_dataset", "expand_shards"]
+_LAZY = {
+    "OFADataModule": "datamodule", "TaskData": "datamodule", "collate": "collate",
+    "SkipCounter": "shards", "expand_shards": "shards", "ensure_synthetic_dataset": "synthetic",
+}
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("OFADataModule", "TaskData"):
-        from ofa.datamodules import datamodule
-
-        return getattr(datamodule, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"ofa.datamodules.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'ofa.datamodules' has no attribute {name!r}")
