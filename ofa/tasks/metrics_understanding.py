@@ -1,9 +1,11 @@
 """Metrics of the understanding tasks as torchmetrics (sum + count states, summed across processes).
 
-- `VQAAccuracy`: the official VQA accuracy (GT-Vision-Lab `vqaEval.py`): the prediction is normalised
-  (punctuation, number words, articles, contractions); the 10 human answers get punctuation processing
-  only when they are not all identical (the official quirk); accuracy = mean over the 10 leave-one-out
-  subsets of min(#matches among the other 9 / 3, 1).
+- `VQAAccuracy`: the official VQA accuracy, as computed by the current GT-Vision-Lab/VQA evaluator
+  (`PythonEvaluationTools/vqaEvaluation/vqaEval.py` since commit a013f00, 2021-03-11, "Fixed processing
+  answers bug"): newlines/tabs -> spaces and surrounding whitespace stripped from the prediction and every
+  human answer; then, only when the (stripped) human answers are not all identical, punctuation and
+  digit/article/contraction processing of BOTH the prediction and every human answer; accuracy = mean over
+  the leave-one-out subsets (each human answer left out once) of min(#matches among the others / 3, 1).
 - `VQASoftScore`: OFA's `vqa_score` = the soft score (confidence) of the prediction in the answers dict.
 - `GroundingAccuracy`: Acc@0.5 with OFA's IoU (`tasks/mm_tasks/refcoco.py` `_calculate_ap_score`).
 - `ExactMatchAccuracy`: top-1 accuracy of predicted strings (SNLI-VE, image classification).
@@ -67,20 +69,49 @@ def process_digit_article(text: str) -> str:
     return " ".join(_CONTRACTIONS.get(w, w) for w in words)
 
 
+def _strip_vqa_whitespace(answer: str) -> str:
+    """Newlines and tabs -> spaces, surrounding whitespace stripped (applied to every answer)."""
+    return answer.replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_vqa_answer(answer: str) -> str:
-    """The normalisation the official tool applies to a predicted answer."""
-    answer = answer.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(answer))
+    """The full normalisation of the official tool: whitespace, punctuation, then digits/articles/contractions.
+
+    The tool applies it to the prediction and to every human answer of a question only when the human
+    answers (after whitespace stripping) are not all identical; see `vqa_accuracy`.
+    """
+    return process_digit_article(process_punctuation(_strip_vqa_whitespace(answer)))
 
 
 def vqa_accuracy(prediction: str, human_answers: Sequence[str]) -> float:
-    """Official VQA accuracy of one prediction against the (10) human answers."""
-    pred = normalize_vqa_answer(prediction)
-    gts = list(human_answers)
-    if len(set(gts)) > 1:  # official quirk: human answers are processed only when they differ
-        gts = [process_punctuation(a) for a in gts]
+    """Official VQA accuracy of one prediction against the (10) human answers.
+
+    Follows the current evaluator of GT-Vision-Lab/VQA, `PythonEvaluationTools/vqaEvaluation/vqaEval.py`
+    (`VQAEval.evaluate`) as of commit a013f0043c1e2cdc995922dfe257f7149aa9af06 (2021-03-11, "Fixed
+    processing answers bug"), re-written here, not copied:
+
+    1. newlines and tabs become spaces and surrounding whitespace is stripped, in the prediction and in
+       every human answer;
+    2. if the stripped human answers are not all the same, BOTH the prediction and every human answer go
+       through `process_punctuation` then `process_digit_article`; if they all agree, nothing more is
+       done to either (so "two" against ten "2" scores 0, and "the dog" against ten "dog" scores 0);
+    3. each human answer is left out once; the score of that subset is min(1, #other answers equal to
+       the prediction / 3); the accuracy is the mean over the subsets. The tool leaves out an answer by
+       comparing answer dicts, which carry a distinct `answer_id`, so identical answers at different
+       positions are distinct items and exactly one is left out each time, as done here by position.
+
+    Before that fix the tool always normalised the prediction fully but gave the human answers only
+    punctuation processing (and only when they disagreed). That behaviour is not offered: it was an
+    acknowledged bug, and OFA's own VQA numbers do not come from this tool (its validation score is the
+    soft score, `VQASoftScore`; its test-dev/test-std numbers come from the EvalAI server).
+    """
+    pred = _strip_vqa_whitespace(prediction)
+    gts = [_strip_vqa_whitespace(a) for a in human_answers]
+    if len(set(gts)) > 1:  # the set is taken after whitespace stripping
+        gts = [process_digit_article(process_punctuation(a)) for a in gts]
+        pred = process_digit_article(process_punctuation(pred))
     accs = []
-    for i in range(len(gts)):  # leave-one-out: the other 9 answers
+    for i in range(len(gts)):  # leave-one-out: the other (9) answers
         matches = sum(1 for j, a in enumerate(gts) if j != i and a == pred)
         accs.append(min(1.0, matches / 3))
     return sum(accs) / len(accs)
@@ -129,7 +160,10 @@ class _MeanMetric(Metric):
 
 
 class VQAAccuracy(_MeanMetric):
-    """Official VQA accuracy; update(predictions, human_answers) with 10 answers per question."""
+    """Official VQA accuracy (current GT-Vision-Lab evaluator, see `vqa_accuracy`).
+
+    update(predictions, human_answers) with the (10) human answers per question; compute = the mean.
+    """
 
     def update(self, predictions: Sequence[str], human_answers: Sequence[Sequence[str]]) -> None:
         self._add([vqa_accuracy(p, h) for p, h in zip(predictions, human_answers, strict=True)])

@@ -54,6 +54,7 @@ def test_normalize_prediction_strips_whitespace_and_punctuation() -> None:
 # ---- official VQA accuracy --------------------------------------------------------------------------------
 def test_leave_one_out_average() -> None:
     humans = ["yes"] * 3 + ["no"] * 7
+    # identical answers at different positions are distinct: each is left out once, alone
     # leave out a "yes" (3 times): 2 matches -> 2/3; leave out a "no" (7 times): 3 matches -> 1
     assert vqa_accuracy("yes", humans) == pytest.approx((3 * 2 / 3 + 7 * 1) / 10)  # 0.9
     assert vqa_accuracy("no", humans) == pytest.approx(1.0)
@@ -64,26 +65,72 @@ def test_leave_one_out_average() -> None:
     assert vqa_accuracy("maybe", humans) == 0.0
 
 
-def test_prediction_is_normalised() -> None:
-    humans = ["2"] * 4 + ["3"] * 6
-    assert vqa_accuracy("Two.", humans) == pytest.approx(1.0)  # "two." -> "2"; 3-4 matches in every subset
+# The current GT-Vision-Lab/VQA evaluator (vqaEval.py since commit a013f00, 2021-03-11): whitespace is
+# stripped from every answer; the prediction and the humans are processed (punctuation, then digits /
+# articles / contractions) only when the ten stripped human answers are not all the same.
+def test_agreeing_humans_nothing_is_processed() -> None:
+    assert vqa_accuracy("2", ["2"] * 10) == pytest.approx(1.0)  # 9 matches in every subset
+    assert vqa_accuracy("two", ["2"] * 10) == 0.0  # "two" is not mapped to "2"
+    assert vqa_accuracy("the dog", ["dog"] * 10) == 0.0  # the article is not stripped
+    assert vqa_accuracy("Yes", ["yes"] * 10) == 0.0  # not even lower-cased
+    assert vqa_accuracy("yes", ["yes."] * 10) == 0.0  # the humans' period stays
+    assert vqa_accuracy("yes.", ["yes."] * 10) == pytest.approx(1.0)  # ... and so does the prediction's
 
 
-def test_official_quirk_identical_humans_are_not_normalised() -> None:
-    # all ten humans said "two": they are not processed, the prediction becomes "2" -> no match
-    assert vqa_accuracy("two", ["two"] * 10) == 0.0
-    assert vqa_accuracy("yes.", ["yes."] * 10) == 0.0  # prediction -> "yes", humans stay "yes."
-    # as soon as they differ, the humans get punctuation processing (only): "yes." -> "yes"
+def test_whitespace_is_stripped_from_every_answer() -> None:
+    assert vqa_accuracy(" 2\n", ["2"] * 10) == pytest.approx(1.0)
+    assert vqa_accuracy("red\tcar", ["red car"] * 10) == pytest.approx(1.0)  # inner tab -> space
+    # the humans are compared after stripping: " 2\t" and "2" agree, so nothing is processed -> "two" != "2"
+    assert vqa_accuracy("two", ["2"] * 9 + [" 2\t"]) == 0.0
+    assert vqa_accuracy("2", ["2"] * 9 + [" 2\t"]) == pytest.approx(1.0)
+    # disagreeing humans: "\tred\n" -> "red", 3 " red", 7 "blue\n"
+    # leave out a "red" (3 times): 2 matches -> 2/3; leave out a "blue" (7 times): 3 matches -> 1
+    # mean = (3 * 2/3 + 7 * 1) / 10 = (2 + 7) / 10 = 0.9
+    assert vqa_accuracy("\tred\n", [" red"] * 3 + ["blue\n"] * 7) == pytest.approx(0.9)
+
+
+def test_disagreeing_humans_number_words_in_both() -> None:
+    # prediction "two" -> "2"; humans 4 "2", 6 "3": every subset has 3 or 4 matches -> 1
+    assert vqa_accuracy("two", ["2"] * 4 + ["3"] * 6) == pytest.approx(1.0)
+    assert vqa_accuracy("Two.", ["2"] * 4 + ["3"] * 6) == pytest.approx(1.0)  # period, case, number word
+    # the humans' number words become digits too: all ten are "2" after processing
+    assert vqa_accuracy("2", ["two"] * 9 + ["2"]) == pytest.approx(1.0)
+    # humans "three", "three", "3", 7 x "4" -> 3 x "3", 7 x "4"
+    # leave out a "3" (3 times): 2 matches -> 2/3; leave out a "4" (7 times): 3 matches -> 1
+    # mean = (3 * 2/3 + 7 * 1) / 10 = 9/10 = 0.9
+    assert vqa_accuracy("3", ["three"] * 2 + ["3"] + ["4"] * 7) == pytest.approx(0.9)
+    assert vqa_accuracy("none", ["0", "zero"] + ["1"] * 8) == pytest.approx((2 * 1 / 3 + 8 * 2 / 3) / 10)  # 0.6
+
+
+def test_disagreeing_humans_articles_in_both() -> None:
+    # "A dog" -> "dog"; humans "dog", "dog", "the dog", 7 x "cat" -> 3 x "dog", 7 x "cat"
+    # (3 * 2/3 + 7 * 1) / 10 = 0.9
+    assert vqa_accuracy("A dog", ["dog"] * 2 + ["the dog"] + ["cat"] * 7) == pytest.approx(0.9)
+    # one "apple" among 9 "pear": leave out the apple: 0 matches -> 0; leave out a pear (9 times):
+    # 1 match -> 1/3; mean = (0 + 9 * 1/3) / 10 = 3/10 = 0.3
+    assert vqa_accuracy("an apple", ["apple"] + ["pear"] * 9) == pytest.approx(0.3)
+    assert vqa_accuracy("the dog", ["dog"] * 9 + ["a dog"]) == pytest.approx(1.0)  # all "dog"
+
+
+def test_disagreeing_humans_punctuation_and_contractions_in_both() -> None:
+    # humans "yes." -> "yes" (9 of them): every subset has >= 8 matches
     assert vqa_accuracy("yes", ["yes."] * 9 + ["no"]) == pytest.approx(1.0)
-    # ... but no number mapping: the nine "two" stay "two", only the single "2" matches
-    assert vqa_accuracy("2", ["two"] * 9 + ["2"]) == pytest.approx(9 * (1 / 3) / 10)
+    # "Yes!" -> "yes " -> "yes"; 2 "yes", 8 "no": leave out a "yes" (2 times): 1 match -> 1/3;
+    # leave out a "no" (8 times): 2 matches -> 2/3; mean = (2 * 1/3 + 8 * 2/3) / 10 = (2/3 + 16/3) / 10 = 0.6
+    assert vqa_accuracy("Yes!", ["yes"] * 2 + ["no"] * 8) == pytest.approx(0.6)
+    # "black/white" -> "black white" in the humans as well
+    assert vqa_accuracy("black and white", ["black/white"] * 3 + ["gray"] * 7) == 0.0  # "and" stays
+    assert vqa_accuracy("black white", ["black/white"] * 3 + ["gray"] * 7) == pytest.approx(0.9)
+    # "isnt" -> "isn't" (contraction table), humans already "isn't": (3 * 2/3 + 7 * 1) / 10 = 0.9
+    assert vqa_accuracy("isnt", ["isn't"] * 3 + ["no"] * 7) == pytest.approx(0.9)
 
 
 def test_vqa_accuracy_metric_accumulates() -> None:
     metric = VQAAccuracy()
     metric.update(["yes", "no"], [["yes"] * 3 + ["no"] * 7, ["yes"] * 10])
-    metric.update(["2"], [["2"] * 10])
-    assert metric.compute().item() == pytest.approx((0.9 + 0.0 + 1.0) / 3)
+    metric.update(["2", "two", "two"], [["2"] * 10, ["2"] * 10, ["2"] * 4 + ["3"] * 6])
+    # 0.9, 0, then 1 (agreeing, equal), 0 (agreeing, "two" not processed), 1 (disagreeing, "two" -> "2")
+    assert metric.compute().item() == pytest.approx((0.9 + 0.0 + 1.0 + 0.0 + 1.0) / 5)
 
 
 def test_vqa_accuracy_without_data_is_nan() -> None:
