@@ -2,7 +2,7 @@
 
 Measures samples/s of the whole caption input pipeline (read, decode, transform, tokenize, collate) through
 the real `OFADataModule` + `CaptionTask` training loader on WebDataset shards, side by side with an
-OFA-style TSV/base64 reader (`ofa.datamodules.tsv_loader`) on the same images, for 256x256 and 480x480
+OFA-style TSV/base64 reader (`experiments/tsv_loader.py`) on the same images, for 256x256 and 480x480
 images and 0, 1, 2 DataLoader workers; plus the `ofa_tiny` training step (forward + backward, batch 8,
 256x256, OFA's 59457-token vocabulary) on this machine, for context.
 
@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ofa.datamodules.convert import convert_tsv
-from ofa.datamodules.datamodule import OFADataModule
+from ofa.datamodules.datamodule import LoaderConfig, OFADataModule, TaskSource
 from ofa.datamodules.synthetic import SyntheticConfig, ensure_synthetic_dataset, make_sample
-from ofa.datamodules.tsv_loader import build_tsv_loader, write_caption_tsv
+from tsv_loader import build_tsv_loader, write_caption_tsv  # experiments/tsv_loader.py: the baseline reader
 from ofa.modules.config import OFAConfig
 from ofa.modules.model import OFAModel
 from ofa.tasks.caption import CaptionConfig, CaptionTask
@@ -87,8 +87,9 @@ def samples_per_sec(loader: Iterable[dict], warmup: int) -> float:
 
 
 def shard_rate(pattern: str, task: CaptionTask, n: int, batch: int, workers: int) -> float:
-    dm = OFADataModule(task, train_shards=pattern, batch_size=batch, num_workers=workers,
-                       batches_per_epoch=n // batch, shuffle_buffer=1000, seed=0)
+    dm = OFADataModule([TaskSource(task, train_shards=pattern)],
+                       LoaderConfig(batch_size=batch, num_workers=workers, batches_per_epoch=n // batch,
+                                    shuffle_buffer=1000, seed=0))
     rate = samples_per_sec(dm.train_dataloader(), max(1, workers))
     assert sum(dm.skip_counts().values()) == 0, dm.skip_counts()
     return rate

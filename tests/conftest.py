@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from ofa.datamodules.synthetic import ensure_synthetic_dataset
+from ofa.tasks.base import Sample, Task, TaskConfig
 from ofa.tokenizer import OFATokenizer, build_tokenizer
 
 SYNTHETIC_TEST_CONFIG = dict(num_train=48, num_val=16, num_test=16, image_size=64, shard_size=8, vocab_size=500)
@@ -40,27 +41,24 @@ def tokenizer(synthetic_data_dir: Path) -> OFATokenizer:
     return build_tokenizer("trained", synthetic_data_dir)
 
 
-class StubTask:
+class StubTask(Task):
     """Text of `field` (a list: first element, or a string) as target; image resized to `image_size`."""
 
     def __init__(self, tokenizer: OFATokenizer, name: str = "caption", field: str = "captions",
                  image_size: int = 16) -> None:
-        self.tokenizer, self.name, self.field, self.image_size = tokenizer, name, field, image_size
+        super().__init__(tokenizer, TaskConfig(image_size=image_size))
+        self.name, self.field = name, field
 
-    def preprocess(self, raw: dict[str, Any], split: str) -> dict[str, Any] | None:
+    def preprocess(self, raw: dict[str, Any], split: str) -> Sample | None:
         value = raw.get(self.field)
         if not value or raw.get("image") is None:
             return None
         text = value if isinstance(value, str) else value[0]
-        tok = self.tokenizer
-        tgt = torch.tensor(tok.encode(" " + text))
-        pixels = np.asarray(raw["image"].resize((self.image_size, self.image_size)), dtype=np.float32)
-        return {"id": raw["id"], "task": self.name,
-                "source": torch.tensor([tok.bos] + tok.encode(" what does the image describe?") + [tok.eos]),
-                "prev_output_tokens": torch.cat([torch.tensor([tok.bos]), tgt]),
-                "target": torch.cat([tgt, torch.tensor([tok.eos])]),
-                "patch_image": torch.from_numpy(pixels).permute(2, 0, 1) / 255.0,
-                "patch_mask": True, "conf": 1.0, "meta": {"key": raw["__key__"], "text": text}}
+        size = self.cfg.image_size
+        pixels = np.asarray(raw["image"].resize((size, size)), dtype=np.float32)
+        return self.make_sample(raw, self.encode_text(" what does the image describe?", bos=True, eos=True),
+                                self.encode_text(" " + text), torch.from_numpy(pixels).permute(2, 0, 1) / 255.0,
+                                meta={"key": raw["__key__"], "text": text})
 
 
 @pytest.fixture(scope="session")

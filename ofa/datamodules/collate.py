@@ -1,8 +1,9 @@
-"""Samples (from `task.preprocess`) -> a batch with OFA's keys (docs/ARCHITECTURE.md, "Samples and batches").
+"""`Sample`s (from `task.preprocess`) -> a batch with OFA's keys (docs/ARCHITECTURE.md, "Samples and batches").
 
-Sequences are right-padded with `<pad>`. Optional fields may be present on some samples only (a multitask
-batch): `constraint_masks` get all-True rows for samples without one (and for padded positions),
-`code_masks` default to False, `decoder_prompts` to an empty prompt.
+Sequences are right-padded with `<pad>`. In a multitask batch some samples have no constraint mask: their
+rows (and padded positions) are all-True. A batch of text-only samples only (`patch_mask` False for all)
+has `patch_images=None`: the model then skips the ResNet, which gives the same outputs, since every image
+key of such a batch is masked anyway.
 """
 from __future__ import annotations
 
@@ -13,35 +14,33 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-REQUIRED = ("source", "prev_output_tokens", "target", "patch_image", "patch_mask")
+from ofa.tasks.base import Sample
 
 
-def collate(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, Any]:
     """Batch of `samples`: `src_tokens` (B,S), `prev_output_tokens`/`target` (B,T), `patch_images` (B,3,H,W) ..."""
     _check(samples)
-    src = pad_tokens([s["source"] for s in samples], pad_id)  # (B, S)
-    target = pad_tokens([s["target"] for s in samples], pad_id)  # (B, T)
+    src = pad_tokens([s.source for s in samples], pad_id)  # (B, S)
+    target = pad_tokens([s.target for s in samples], pad_id)  # (B, T)
+    patch_masks = torch.tensor([s.patch_mask for s in samples])  # (B,)
     batch: dict[str, Any] = {
-        "id": [s.get("id") for s in samples],
-        "task": [s.get("task") for s in samples],
+        "id": [s.id for s in samples],
+        "task": [s.task for s in samples],
         "src_tokens": src,
         "src_lengths": src.ne(pad_id).sum(1),  # (B,)
-        "patch_images": _stack_images(samples),  # (B, 3, H, W)
-        "patch_masks": torch.tensor([bool(s["patch_mask"]) for s in samples]),  # (B,)
-        "prev_output_tokens": pad_tokens([s["prev_output_tokens"] for s in samples], pad_id),  # (B, T)
+        "patch_images": _stack_images(samples) if patch_masks.any() else None,  # (B, 3, H, W)
+        "patch_masks": patch_masks,
+        "prev_output_tokens": pad_tokens([s.prev_output_tokens for s in samples], pad_id),  # (B, T)
         "target": target,
-        "conf": torch.tensor([float(s.get("conf", 1.0)) for s in samples]),  # (B,)
+        "conf": torch.tensor([s.conf for s in samples]),  # (B,)
         "ntokens": int(target.ne(pad_id).sum()),
-        "meta": [s.get("meta", {}) for s in samples],
+        "decoder_prompts": [s.decoder_prompt for s in samples],
+        "meta": [s.meta for s in samples],
     }
-    if any(s.get("constraint_mask") is not None for s in samples):
+    if any(s.constraint_mask is not None for s in samples):
         batch["constraint_masks"] = _constraint_masks(samples, target.shape[1])  # (B, T, V)
-    if any(s.get("code_mask") is not None for s in samples):
-        batch["code_masks"] = torch.tensor([bool(s.get("code_mask", False)) for s in samples])
-    if any(s.get("decoder_prompt") is not None for s in samples):
-        empty = torch.zeros(0, dtype=torch.long)
-        batch["decoder_prompts"] = [s["decoder_prompt"] if s.get("decoder_prompt") is not None else empty
-                                    for s in samples]
+    if any(s.code_mask for s in samples):
+        batch["code_masks"] = torch.tensor([s.code_mask for s in samples])  # (B,)
     return batch
 
 
@@ -51,29 +50,29 @@ def pad_tokens(seqs: Sequence[Tensor], pad_id: int) -> Tensor:
                         padding_value=pad_id)
 
 
-def _check(samples: Sequence[dict[str, Any]]) -> None:
+def _check(samples: Sequence[Sample]) -> None:
     if not samples:
         raise ValueError("collate: empty list of samples")
     for i, s in enumerate(samples):
-        missing = [k for k in REQUIRED if k not in s]
-        if missing:
-            raise ValueError(f"collate: sample {i} (id={s.get('id')!r}, task={s.get('task')!r}) lacks {missing}")
+        if not isinstance(s, Sample):
+            raise TypeError(f"collate: sample {i} is a {type(s).__name__}, not an ofa.tasks.base.Sample "
+                            "(build samples with Task.make_sample)")
 
 
-def _stack_images(samples: Sequence[dict[str, Any]]) -> Tensor:
-    shapes = {tuple(s["patch_image"].shape) for s in samples}
+def _stack_images(samples: Sequence[Sample]) -> Tensor:
+    shapes = {tuple(s.patch_image.shape) for s in samples}
     if len(shapes) > 1:
         raise ValueError(f"collate: patch_image shapes differ within a batch {sorted(shapes)}; "
                          "give every task of a mixture the same image_size")
-    return torch.stack([s["patch_image"] for s in samples])
+    return torch.stack([s.patch_image for s in samples])
 
 
-def _constraint_masks(samples: Sequence[dict[str, Any]], length: int) -> Tensor:
+def _constraint_masks(samples: Sequence[Sample], length: int) -> Tensor:
     """(B, T, V) bool; rows beyond a sample's mask, and samples without one, are all True (no constraint)."""
-    vocab = next(s["constraint_mask"].shape[-1] for s in samples if s.get("constraint_mask") is not None)
+    vocab = next(s.constraint_mask.shape[-1] for s in samples if s.constraint_mask is not None)
     out = torch.ones(len(samples), length, vocab, dtype=torch.bool)
     for i, s in enumerate(samples):
-        mask = s.get("constraint_mask")
+        mask = s.constraint_mask
         if mask is None:
             continue
         if mask.dim() != 2 or mask.shape[0] > length or mask.shape[1] != vocab:

@@ -35,7 +35,7 @@ MAX_CONSECUTIVE_SKIPS = 1000  # a training source that yields nothing for this l
 class Source:
     """One task's shards for one split, with its mixture weight (training only)."""
 
-    task: Any  # has `.name` and `.preprocess(raw, split) -> dict | None`
+    task: Any  # a `Task`: `.name` and `.preprocess(raw, split) -> Sample | None`
     urls: list[str]
     weight: float = 1.0
 

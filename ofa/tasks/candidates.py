@@ -22,9 +22,8 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from ofa.modules.trie import Trie
-from ofa.tasks.base import Task
+from ofa.tasks.base import Sample, Task, build_prompted_target
 from ofa.tasks.metrics_understanding import ExactMatchAccuracy
-from ofa.tasks.transforms import build_transform
 
 
 def load_candidates(path: str | Path) -> list[str]:
@@ -86,14 +85,6 @@ class CandidateSet:
             rows[j] = False
             rows[j, children] = True
         return rows
-
-
-def build_prompted_target(decoder_prompt: Tensor, answer: Tensor, eos: int, pad: int) -> tuple[Tensor, Tensor]:
-    """`prev = decoder_prompt + answer`, `target = [pad]*(P-1) + answer + [</s>]` (P = len(decoder_prompt))."""
-    prev = torch.cat([decoder_prompt, answer])  # (P + A,)
-    target = torch.cat([decoder_prompt[1:], answer, answer.new_tensor([eos])])  # (P + A,)
-    target[: decoder_prompt.numel() - 1] = pad
-    return prev, target
 
 
 def build_constraint_mask(candidates: CandidateSet, answer: Tensor, prompt_len: int) -> Tensor:
@@ -202,9 +193,6 @@ class ClosedSetTask(Task):
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         super().__init__(tokenizer, cfg)
         self._candidates: CandidateSet | None = None
-        self.train_transform = build_transform(cfg.image_size, cfg.mean, cfg.std, train=True,
-                                               augment=getattr(cfg, "augment", "none"))
-        self.eval_transform = build_transform(cfg.image_size, cfg.mean, cfg.std)
 
     def candidate_list(self) -> list[str]:
         raise NotImplementedError
@@ -216,26 +204,18 @@ class ClosedSetTask(Task):
             self._candidates = CandidateSet(self.tokenizer, self.candidate_list())
         return self._candidates
 
-    def image_tensor(self, image: Any, split: str) -> Tensor:
-        transform = self.train_transform if split == "train" else self.eval_transform
-        return transform(image)[0]  # (3, S, S)
-
     def build_sample(self, raw: dict[str, Any], source: Tensor, answer: str, split: str, conf: float = 1.0,
-                     meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Model sample: prompt-aware prev/target, trie constraint mask, image, decoder prompt, meta."""
-        tok = self.tokenizer
+                     meta: dict[str, Any] | None = None, sample_id: str | None = None) -> Sample:
+        """`Sample` with the prompt-aware decoder prompt, the trie constraint mask and `meta["answer"]`."""
         answer_ids = self.encode_text(" " + answer)[: self.cfg.max_tgt_length]  # (A,)
-        decoder_prompt = build_decoder_prompt(source, self.cfg.prompt_type, tok.bos)  # (P,)
-        prev, target = build_prompted_target(decoder_prompt, answer_ids, tok.eos, tok.pad)  # (T,), (T,)
-        sample = {
-            "id": str(raw.get("id", raw.get("__key__", ""))), "task": self.name, "source": source,
-            "prev_output_tokens": prev, "target": target, "patch_image": self.image_tensor(raw["image"], split),
-            "patch_mask": torch.tensor(True), "conf": torch.tensor(float(conf)), "decoder_prompt": decoder_prompt,
-            "meta": {"answer": answer, **(meta or {})},
-        }
+        decoder_prompt = build_decoder_prompt(source, self.cfg.prompt_type, self.tokenizer.bos)  # (P,)
+        mask = None
         if self.cfg.use_constraint:
-            sample["constraint_mask"] = build_constraint_mask(self.candidates, answer_ids, decoder_prompt.numel() - 1)
-        return sample
+            mask = build_constraint_mask(self.candidates, answer_ids, decoder_prompt.numel() - 1)  # (T, V)
+        image = self.transform(split)(raw["image"])[0] if raw.get("image") is not None else None  # (3, S, S)
+        return self.make_sample(raw, source, answer_ids, image, decoder_prompt=decoder_prompt, conf=conf,
+                                constraint_mask=mask, meta={"answer": answer, **(meta or {})},
+                                sample_id=sample_id)
 
     def predict(self, model: Any, batch: dict[str, Any]) -> list[str]:
         """All-candidate prediction (encoder once, every candidate scored, argmax)."""

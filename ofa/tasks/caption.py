@@ -6,7 +6,6 @@ against every reference caption (punctuation removed) with CIDEr-D, BLEU-4, METE
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,10 +13,9 @@ import torch
 from torch import nn
 
 from ofa.modules.generation import GenerationConfig, SequenceGenerator
-from ofa.tasks.base import Task, TaskConfig
+from ofa.tasks.base import Sample, Task, TaskConfig
 from ofa.tasks.metrics import CaptionScores
 from ofa.tasks.text import strip_punctuation
-from ofa.tasks.transforms import build_transform
 from ofa.tokenizer import OFATokenizer
 
 
@@ -31,7 +29,6 @@ class CaptionConfig(TaskConfig):
     """Caption settings (`task/caption.yaml`); `max_tgt_length` counts words."""
 
     prompt: str = " what does the image describe?"
-    augment: str = "none"  # see ofa.tasks.transforms: OFA's caption fine-tuning uses none
     generation: GenerationConfig = field(default_factory=caption_generation)
     meteor: bool = True  # ≈9 s of Java per evaluation: switch off for quick runs
     ptb_tokenizer: bool = True  # coco-caption's Java PTB tokenizer; False = lower-case + split
@@ -47,31 +44,20 @@ class CaptionTask(Task):
     def __init__(self, tokenizer: OFATokenizer, cfg: CaptionConfig) -> None:
         super().__init__(tokenizer, cfg)
         self.cfg: CaptionConfig = cfg
-        self.transforms = {train: build_transform(cfg.image_size, cfg.mean, cfg.std, train=train,
-                                                  augment=cfg.augment) for train in (True, False)}
         self._generator: SequenceGenerator | None = None
 
     # ---- data side -------------------------------------------------------------------------
-    def preprocess(self, raw: dict[str, Any], split: str, rng: random.Random | None = None) -> dict | None:
-        """Raw sample -> model sample; None (skipped, counted by the loader) without image or captions."""
+    def preprocess(self, raw: dict[str, Any], split: str) -> Sample | None:
+        """Raw sample -> `Sample`; None (skipped, counted by the loader) without image or captions."""
         captions = [c for c in raw.get("captions") or [] if isinstance(c, str) and c.strip()]
         if not captions or raw.get("image") is None:
             return None
-        words = strip_punctuation(self.pick(captions, split, rng)).split()
+        words = strip_punctuation(self.pick(captions, split)).split()
         target_text = " ".join(words[: self.cfg.max_tgt_length] if split == "train" else words)
-        tgt = self.encode_text(" " + target_text)
-        pixels, _ = self.transforms[split == "train"](raw["image"])
-        return {
-            "id": str(raw.get("id", raw.get("__key__"))),
-            "task": self.name,
-            "source": self.encode_text(self.cfg.prompt, bos=True, eos=True),
-            "prev_output_tokens": torch.cat([torch.tensor([self.tokenizer.bos]), tgt]),
-            "target": torch.cat([tgt, torch.tensor([self.tokenizer.eos])]),
-            "patch_image": pixels,
-            "patch_mask": True,
-            "conf": 1.0,
-            "meta": {"references": [strip_punctuation(c) for c in captions]},
-        }
+        pixels, _ = self.transform(split)(raw["image"])  # (3, S, S)
+        return self.make_sample(raw, self.encode_text(self.cfg.prompt, bos=True, eos=True),
+                                self.encode_text(" " + target_text), pixels,
+                                meta={"references": [strip_punctuation(c) for c in captions]})
 
     # ---- evaluation side -------------------------------------------------------------------
     def build_metrics(self) -> dict[str, CaptionScores]:

@@ -9,7 +9,6 @@ Metric: Acc@0.5 with OFA's IoU.
 from __future__ import annotations
 
 import dataclasses
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,11 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ofa.errors import RunConfigError
 from ofa.modules.generation import GenerationConfig, SequenceGenerator
-from ofa.tasks.base import Task, TaskConfig
+from ofa.tasks.base import Sample, Task, TaskConfig
 from ofa.tasks.metrics_understanding import GroundingAccuracy
 from ofa.tasks.text import pre_caption
-from ofa.tasks.transforms import build_transform
 
 NUM_COORDS = 4
 
@@ -33,13 +32,13 @@ def grounding_generation_defaults() -> GenerationConfig:
 
 @dataclass
 class GroundingConfig(TaskConfig):
-    """Grounding settings: `image_size` S (the square resize) and `max_image_size` (box normaliser)."""
+    """Grounding settings: `image_size` S (the square resize) and `max_image_size` (box normaliser).
+    `augment` stays "none" as in OFA: "crop_flip" flips would contradict left/right in the text."""
 
     image_size: int = 512
     max_image_size: int = 512
     max_src_length: int = 80
     constrain_to_bins: bool = True  # only bin tokens (then </s>) can be generated
-    augment: str = "none"  # OFA uses none; "crop_flip" flips would contradict left/right in the text
     generation: GenerationConfig = field(default_factory=grounding_generation_defaults)
 
 
@@ -81,30 +80,28 @@ class GroundingTask(Task):
     def __init__(self, tokenizer: Any, cfg: GroundingConfig) -> None:
         super().__init__(tokenizer, cfg)
         self.num_bins, self.bin_offset = tokenizer.num_bins, tokenizer.bin_offset
-        self.train_transform = build_transform(cfg.image_size, cfg.mean, cfg.std, train=True, augment=cfg.augment)
-        self.eval_transform = build_transform(cfg.image_size, cfg.mean, cfg.std)
 
-    def preprocess(self, raw: dict[str, Any], split: str, rng: random.Random | None = None) -> dict | None:
+    def preprocess(self, raw: dict[str, Any], split: str) -> Sample | None:
         """Prompt, S×S image, box target as bin tokens; meta keeps the original box and resize ratios."""
         if not raw.get("refs") or raw.get("image") is None:
             return None
-        ref = self.pick(raw["refs"], split, rng)
-        image = raw["image"]
-        w, h = image.size
-        transform = self.train_transform if split == "train" else self.eval_transform
-        pixels, boxes = transform(image, [ref["box"]])  # (3, S, S), (1, 4)
+        ref = self.pick(raw["refs"], split)
+        w, h = raw["image"].size
+        pixels, boxes = self.transform(split)(raw["image"], [ref["box"]])  # (3, S, S), (1, 4)
         text = pre_caption(ref["text"], self.cfg.max_src_length)
         source = self.encode_text(f' which region does the text " {text} " describe?', bos=True, eos=True)
         coords = quantize_boxes(boxes[0], self.cfg.max_image_size, self.num_bins) + self.bin_offset  # (4,)
-        tok = self.tokenizer
-        return {
-            "id": str(raw.get("id", raw.get("__key__", ""))), "task": self.name, "source": source,
-            "prev_output_tokens": torch.cat([torch.tensor([tok.bos]), coords]),
-            "target": torch.cat([coords, torch.tensor([tok.eos])]), "patch_image": pixels,
-            "patch_mask": torch.tensor(True), "conf": torch.tensor(1.0), "decoder_prompt": torch.tensor([tok.bos]),
-            "meta": {"text": text, "box": [float(c) for c in ref["box"]], "width": w, "height": h,
-                     "w_ratio": self.cfg.image_size / w, "h_ratio": self.cfg.image_size / h},
-        }
+        meta = {"text": text, "box": [float(c) for c in ref["box"]], "width": w, "height": h,
+                "w_ratio": self.cfg.image_size / w, "h_ratio": self.cfg.image_size / h}
+        return self.make_sample(raw, source, coords, pixels, meta=meta)
+
+    def check(self, model_cfg: Any, tokenizer: Any, prefix: str = "task") -> None:
+        """Also: the boxes need `<bin_i>` location tokens in the vocabulary."""
+        super().check(model_cfg, tokenizer, prefix)
+        if getattr(tokenizer, "num_bins", 0) < 2:
+                raise RunConfigError(f"{prefix}: grounding needs <bin_i> location tokens but the tokenizer has "
+                                 f"{getattr(tokenizer, 'num_bins', 0)}; use a tokenizer with num_bins > 1 "
+                                 "(e.g. tokenizer=ofa)")
 
     def build_metrics(self) -> dict[str, Any]:
         return {"acc": GroundingAccuracy()}

@@ -5,11 +5,10 @@ class names masks training and scoring. ImageNet recipes use ImageNet mean/std a
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Any
 
-from ofa.tasks.base import TaskConfig
+from ofa.tasks.base import Sample, TaskConfig
 from ofa.tasks.candidates import ClosedSetTask, load_candidates
 
 PROMPT = " what does the image describe?"
@@ -26,7 +25,6 @@ class ImageClassifyConfig(TaskConfig):
     classes: list[str] | None = None  # inline class names; override classes_file
     use_constraint: bool = True
     candidate_chunk_size: int = 20
-    augment: str = "none"  # "randaug" for OFA's ImageNet fine-tuning
 
 
 class ImageClassifyTask(ClosedSetTask):
@@ -43,7 +41,7 @@ class ImageClassifyTask(ClosedSetTask):
             raise ValueError("image_classify: set task.classes_file (the dataset's classes.json) or task.classes")
         return load_candidates(self.cfg.classes_file)
 
-    def preprocess(self, raw: dict[str, Any], split: str, rng: random.Random | None = None) -> dict | None:
+    def preprocess(self, raw: dict[str, Any], split: str) -> Sample | None:
         label = raw.get("label")
         if not label or raw.get("image") is None:
             return None

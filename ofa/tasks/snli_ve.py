@@ -6,11 +6,10 @@ prompt_type `prev_output`; a trie over the three labels masks training and scori
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Any
 
-from ofa.tasks.base import TaskConfig
+from ofa.tasks.base import Sample, TaskConfig
 from ofa.tasks.candidates import ClosedSetTask
 from ofa.tasks.text import pre_caption
 
@@ -29,7 +28,6 @@ class SNLIVEConfig(TaskConfig):
     add_caption: bool = True
     use_constraint: bool = True
     candidate_chunk_size: int = 20
-    augment: str = "none"
 
 
 def snli_ve_prompt(hypothesis: str, premise: str | None) -> str:
@@ -49,10 +47,10 @@ class SNLIVETask(ClosedSetTask):
     def candidate_list(self) -> list[str]:
         return list(LABELS)
 
-    def preprocess(self, raw: dict[str, Any], split: str, rng: random.Random | None = None) -> dict | None:
+    def preprocess(self, raw: dict[str, Any], split: str) -> Sample | None:
         if not raw.get("entailment") or raw.get("image") is None:
             return None
-        item = self.pick(raw["entailment"], split, rng)
+        item = self.pick(raw["entailment"], split)
         label = LABEL_WORDS.get(str(item["label"]).lower())
         if label is None:
             return None

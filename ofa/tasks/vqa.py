@@ -11,14 +11,13 @@ item, NaN when no sample has them).
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ofa.modules.generation import GenerationConfig, SequenceGenerator
-from ofa.tasks.base import TaskConfig
+from ofa.tasks.base import Sample, TaskConfig
 from ofa.tasks.candidates import ClosedSetTask, load_candidates
 from ofa.tasks.metrics_understanding import VQAAccuracy, VQASoftScore
 from ofa.tasks.text import pre_question
@@ -46,7 +45,6 @@ class VQAConfig(TaskConfig):
     use_constraint: bool = True  # trie masks at train time
     inference: str = "allcand"  # allcand | beamsearch
     candidate_chunk_size: int = 20  # candidates per decoder call in allcand (OFA's valid_batch_size)
-    augment: str = "none"
     generation: GenerationConfig = field(default_factory=vqa_generation_defaults)
 
 
@@ -78,11 +76,11 @@ class VQATask(ClosedSetTask):
             raise ValueError("vqa: set task.answers_file (the dataset's answers.json) or task.answers")
         return load_candidates(self.cfg.answers_file)
 
-    def preprocess(self, raw: dict[str, Any], split: str, rng: random.Random | None = None) -> dict | None:
+    def preprocess(self, raw: dict[str, Any], split: str) -> Sample | None:
         """One question of the image; training keeps only answers in the candidate set (None if none is)."""
         if not raw.get("vqa") or raw.get("image") is None:
             return None
-        item = self.pick(raw["vqa"], split, rng)
+        item = self.pick(raw["vqa"], split)
         answers = {str(a): float(c) for a, c in item["answers"].items()}
         constrained = split == "train" and self.cfg.use_constraint
         chosen = best_answer(answers, self.candidates.index if constrained else None)
@@ -91,10 +89,8 @@ class VQATask(ClosedSetTask):
         question = pre_question(item["question"], self.cfg.max_src_length)
         source = self.encode_text(self.source_text(question, raw.get("objects")), bos=True, eos=True)
         meta = {"question": question, "answers": answers, "human_answers": item.get("human_answers")}
-        sample = self.build_sample(raw, source, chosen[0], split, conf=chosen[1], meta=meta)
-        if "question_id" in item:
-            sample["id"] = str(item["question_id"])
-        return sample
+        return self.build_sample(raw, source, chosen[0], split, conf=chosen[1], meta=meta,
+                                 sample_id=item.get("question_id"))
 
     def source_text(self, question: str, objects: Any = None) -> str:
         """`" {question}"`, plus `" object: {o1 o2 ...}"` with add_object and object-label strings."""

@@ -5,15 +5,17 @@ import pytest
 import torch
 
 from ofa.datamodules.collate import collate
+from ofa.tasks.base import Sample
 
 PAD = 1
 
 
-def sample(src: list[int], tgt: list[int], task: str = "caption", **extra) -> dict:
-    return {"id": f"{task}-{len(src)}", "task": task, "source": torch.tensor(src),
-            "prev_output_tokens": torch.tensor([0] + tgt), "target": torch.tensor(tgt + [2]),
-            "patch_image": torch.zeros(3, 8, 8), "patch_mask": True, "conf": 0.5, "meta": {"n": len(tgt)},
-            **extra}
+def sample(src: list[int], tgt: list[int], task: str = "caption", **extra) -> Sample:
+    fields = {"id": f"{task}-{len(src)}", "task": task, "source": torch.tensor(src),
+              "prev_output_tokens": torch.tensor([0] + tgt), "target": torch.tensor(tgt + [2]),
+              "decoder_prompt": torch.tensor([0]), "patch_image": torch.zeros(3, 8, 8), "patch_mask": True,
+              "conf": 0.5, "meta": {"n": len(tgt)}}
+    return Sample(**{**fields, **extra})
 
 
 def test_shapes_and_padding() -> None:
@@ -25,7 +27,8 @@ def test_shapes_and_padding() -> None:
     assert batch["patch_images"].shape == (2, 3, 8, 8) and batch["patch_masks"].tolist() == [True, True]
     assert batch["conf"].tolist() == [0.5, 0.5] and batch["ntokens"] == 6
     assert batch["id"] == ["caption-4", "caption-3"] and batch["meta"] == [{"n": 1}, {"n": 3}]
-    assert not {"constraint_masks", "code_masks", "decoder_prompts"} & set(batch)
+    assert not {"constraint_masks", "code_masks"} & set(batch)
+    assert [p.tolist() for p in batch["decoder_prompts"]] == [[0], [0]]
 
 
 def test_optional_fields_in_a_mixed_batch() -> None:
@@ -39,16 +42,14 @@ def test_optional_fields_in_a_mixed_batch() -> None:
     assert cm.shape == (2, 4, vocab) and cm.dtype == torch.bool
     assert cm[0, :2].equal(mask) and cm[0, 2:].all() and cm[1].all()  # padded rows and no-mask rows: True
     assert batch["code_masks"].tolist() == [False, True]
-    assert [p.tolist() for p in batch["decoder_prompts"]] == [[0, 4], []]
+    assert [p.tolist() for p in batch["decoder_prompts"]] == [[0, 4], [0]]
 
 
 def test_bad_batches_give_clear_errors() -> None:
     with pytest.raises(ValueError, match="empty"):
         collate([], PAD)
-    broken = sample([0, 2], [3])
-    del broken["target"]
-    with pytest.raises(ValueError, match=r"sample 1 .* lacks \['target'\]"):
-        collate([sample([0, 2], [3]), broken], PAD)
+    with pytest.raises(TypeError, match=r"sample 1 is a dict, not an ofa.tasks.base.Sample"):
+        collate([sample([0, 2], [3]), {"source": torch.tensor([0, 2])}], PAD)
     other = sample([0, 2], [3], patch_image=torch.zeros(3, 4, 4))
     with pytest.raises(ValueError, match="patch_image shapes differ"):
         collate([sample([0, 2], [3]), other], PAD)

@@ -47,9 +47,9 @@ class WorkerTagged:
     def __init__(self, task) -> None:
         self.task, self.name = task, task.name
 
-    def preprocess(self, raw: dict, split: str) -> dict | None:
+    def preprocess(self, raw: dict, split: str):
         sample = self.task.preprocess(raw, split)
-        sample["meta"]["pid"] = os.getpid()
+        sample.meta["pid"] = os.getpid()
         return sample
 
 

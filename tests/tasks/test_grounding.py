@@ -43,16 +43,16 @@ def test_round_trip_error_is_at_most_half_a_bin() -> None:
 
 def test_sample_layout(task: GroundingTask, tokenizer) -> None:
     s = task.preprocess(raw(), "val")
-    assert tokenizer.decode(s["source"].tolist()) == ' which region does the text " the red square " describe?'
+    assert tokenizer.decode(s.source.tolist()) == ' which region does the text " the red square " describe?'
     # 100x50 -> 512x512: x * 5.12, y * 10.24 -> [51.2, 51.2, 307.2, 460.8] -> bins [99.9, 99.9, 599.4, 899.1]
     bins = [tokenizer.bin_token(b) for b in (100, 100, 599, 899)]
-    assert s["target"].tolist() == [*bins, tokenizer.eos]
-    assert s["prev_output_tokens"].tolist() == [tokenizer.bos, *bins]
-    assert tokenizer.decode(s["target"].tolist()) == "<bin_100> <bin_100> <bin_599> <bin_899>"
-    assert s["patch_image"].shape == (3, 512, 512) and s["decoder_prompt"].tolist() == [tokenizer.bos]
-    assert s["meta"] == {"text": "the red square", "box": BOX, "width": 100, "height": 50,
+    assert s.target.tolist() == [*bins, tokenizer.eos]
+    assert s.prev_output_tokens.tolist() == [tokenizer.bos, *bins]
+    assert tokenizer.decode(s.target.tolist()) == "<bin_100> <bin_100> <bin_599> <bin_899>"
+    assert s.patch_image.shape == (3, 512, 512) and s.decoder_prompt.tolist() == [tokenizer.bos]
+    assert s.meta == {"text": "the red square", "box": BOX, "width": 100, "height": 50,
                          "w_ratio": 5.12, "h_ratio": 10.24}
-    assert "constraint_mask" not in s
+    assert s.constraint_mask is None
 
 
 def test_samples_without_refs_are_skipped(task: GroundingTask) -> None:

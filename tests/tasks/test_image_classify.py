@@ -34,27 +34,27 @@ def test_exact_source_ids_with_ofa_vocabulary() -> None:
     assert expected["text"] == " what does the image describe?"
     s = ImageClassifyTask(build_tokenizer("ofa", OFA_BPE), ImageClassifyConfig(image_size=16, classes=CLASSES)
                           ).preprocess(raw(), "val")
-    assert s["source"].tolist() == [0, 99, 473, 5, 2274, 6190, 116, 2]
+    assert s.source.tolist() == [0, 99, 473, 5, 2274, 6190, 116, 2]
 
 
 def test_layout_and_mask(task: ImageClassifyTask, tokenizer) -> None:
     s = task.preprocess(raw(), "train")
     name = tokenizer.encode(" red square")
-    assert tokenizer.decode(s["source"].tolist()) == " what does the image describe?"
-    assert s["decoder_prompt"].tolist() == [tokenizer.bos]  # prompt_type none
-    assert s["prev_output_tokens"].tolist() == [tokenizer.bos, *name]
-    assert s["target"].tolist() == [*name, tokenizer.eos]
-    mask = s["constraint_mask"]
+    assert tokenizer.decode(s.source.tolist()) == " what does the image describe?"
+    assert s.decoder_prompt.tolist() == [tokenizer.bos]  # prompt_type none
+    assert s.prev_output_tokens.tolist() == [tokenizer.bos, *name]
+    assert s.target.tolist() == [*name, tokenizer.eos]
+    mask = s.constraint_mask
     assert mask.shape == (len(name) + 1, len(tokenizer))
     allowed = [set(row.nonzero().squeeze(1).tolist()) for row in mask]
     assert allowed[0] == {tokenizer.encode(" " + c)[0] for c in CLASSES}
     assert allowed[-1] == {tokenizer.eos}
-    assert all(t in a for t, a in zip(s["target"].tolist(), allowed))
+    assert all(t in a for t, a in zip(s.target.tolist(), allowed))
 
 
 def test_unknown_class_skipped_in_training_only(task: ImageClassifyTask) -> None:
     assert task.preprocess(raw("green triangle"), "train") is None
-    assert task.preprocess(raw("green triangle"), "val")["meta"]["answer"] == "green triangle"
+    assert task.preprocess(raw("green triangle"), "val").meta["answer"] == "green triangle"
     assert task.preprocess({"id": "x", "image": Image.new("RGB", (8, 8))}, "train") is None
 
 

@@ -27,16 +27,16 @@ def test_prompts() -> None:
 
 def test_source_with_and_without_caption(tokenizer) -> None:
     with_caption = SNLIVETask(tokenizer, SNLIVEConfig(image_size=16)).preprocess(raw(), "val")
-    assert tokenizer.decode(with_caption["source"].tolist()) == (
+    assert tokenizer.decode(with_caption.source.tolist()) == (
         ' can image and text1 " a red square on a white table " imply text2 " there is a red square. "?')
     without = SNLIVETask(tokenizer, SNLIVEConfig(image_size=16, add_caption=False)).preprocess(raw(), "val")
-    assert tokenizer.decode(without["source"].tolist()) == ' does the image describe " there is a red square. "?'
+    assert tokenizer.decode(without.source.tolist()) == ' does the image describe " there is a red square. "?'
 
 
 @pytest.mark.parametrize("label, word", [("entailment", "yes"), ("contradiction", "no"), ("neutral", "maybe"),
                                          ("yes", "yes"), ("Maybe", "maybe")])
 def test_label_words(task: SNLIVETask, label: str, word: str) -> None:
-    assert task.preprocess(raw(label), "train")["meta"]["answer"] == word
+    assert task.preprocess(raw(label), "train").meta["answer"] == word
 
 
 def test_unknown_label_and_missing_field_are_skipped(task: SNLIVETask) -> None:
@@ -46,16 +46,16 @@ def test_unknown_label_and_missing_field_are_skipped(task: SNLIVETask) -> None:
 
 def test_prev_output_layout_and_mask(task: SNLIVETask, tokenizer) -> None:
     s = task.preprocess(raw("contradiction"), "train")
-    src, answer = s["source"].tolist(), tokenizer.encode(" no")
-    assert s["decoder_prompt"].tolist() == src[:-1]
-    assert s["prev_output_tokens"].tolist() == src[:-1] + answer
-    assert s["target"].tolist() == [tokenizer.pad] * (len(src) - 2) + answer + [tokenizer.eos]
-    mask, n_prompt = s["constraint_mask"], len(src) - 2
-    assert mask.shape == (s["target"].numel(), len(tokenizer)) and not mask[:n_prompt].any()
+    src, answer = s.source.tolist(), tokenizer.encode(" no")
+    assert s.decoder_prompt.tolist() == src[:-1]
+    assert s.prev_output_tokens.tolist() == src[:-1] + answer
+    assert s.target.tolist() == [tokenizer.pad] * (len(src) - 2) + answer + [tokenizer.eos]
+    mask, n_prompt = s.constraint_mask, len(src) - 2
+    assert mask.shape == (s.target.numel(), len(tokenizer)) and not mask[:n_prompt].any()
     first = {tokenizer.encode(" " + w)[0] for w in ("yes", "no", "maybe")}
     assert set(mask[n_prompt].nonzero().squeeze(1).tolist()) == first
     assert mask[-1].nonzero().squeeze(1).tolist() == [tokenizer.eos]
-    assert s["conf"].item() == 1.0
+    assert s.conf == 1.0
 
 
 def test_accuracy(task: SNLIVETask, tokenizer) -> None:

@@ -44,13 +44,13 @@ def test_prev_output_layout(task: VQATask, tokenizer) -> None:
     s = task.preprocess(raw(), "val")
     q, a = tokenizer.encode(" is this person wearing shorts?"), tokenizer.encode(" yes")
     bos, eos, pad = tokenizer.bos, tokenizer.eos, tokenizer.pad
-    assert tokenizer.decode(s["source"].tolist()) == " is this person wearing shorts?"  # no instruction
-    assert s["source"].tolist() == [bos, *q, eos]
-    assert s["decoder_prompt"].tolist() == [bos, *q]
-    assert s["prev_output_tokens"].tolist() == [bos, *q, *a]
-    assert s["target"].tolist() == [pad] * len(q) + [*a, eos]
-    assert s["patch_image"].shape == (3, 32, 32) and bool(s["patch_mask"])
-    assert s["task"] == "vqa" and s["meta"]["answer"] == "yes" and s["meta"]["answers"] == {"yes": 1.0, "no": 0.3}
+    assert tokenizer.decode(s.source.tolist()) == " is this person wearing shorts?"  # no instruction
+    assert s.source.tolist() == [bos, *q, eos]
+    assert s.decoder_prompt.tolist() == [bos, *q]
+    assert s.prev_output_tokens.tolist() == [bos, *q, *a]
+    assert s.target.tolist() == [pad] * len(q) + [*a, eos]
+    assert s.patch_image.shape == (3, 32, 32) and s.patch_mask
+    assert s.task == "vqa" and s.meta["answer"] == "yes" and s.meta["answers"] == {"yes": 1.0, "no": 0.3}
 
 
 @needs_ofa_bpe
@@ -60,27 +60,27 @@ def test_exact_ids_with_ofa_vocabulary() -> None:
     tok = build_tokenizer("ofa", OFA_BPE)
     s = VQATask(tok, VQAConfig(image_size=16, answers=ANSWERS)).preprocess(raw(), "val")
     q = expected["fairseq_dict_ids"]  # [16, 42, 621, 2498, 13344, 116]
-    assert s["source"].tolist() == [0, *q, 2]
-    assert s["prev_output_tokens"].tolist()[: len(q) + 1] == [0, *q]
-    assert s["target"].tolist()[: len(q)] == [1] * len(q) and s["target"].tolist()[-1] == 2
+    assert s.source.tolist() == [0, *q, 2]
+    assert s.prev_output_tokens.tolist()[: len(q) + 1] == [0, *q]
+    assert s.target.tolist()[: len(q)] == [1] * len(q) and s.target.tolist()[-1] == 2
 
 
 def test_highest_confidence_answer_is_the_target(task: VQATask) -> None:
     s = task.preprocess(raw({"two dogs": 0.6, "2": 1.0, "zebra": 0.9}), "train")
-    assert s["meta"]["answer"] == "2" and s["conf"].item() == 1.0
+    assert s.meta["answer"] == "2" and s.conf == 1.0
 
 
 def test_training_keeps_only_candidate_answers(task: VQATask) -> None:
     s = task.preprocess(raw({"zebra": 1.0, "red": 0.3}), "train")
-    assert s["meta"]["answer"] == "red" and s["conf"].item() == pytest.approx(0.3)
+    assert s.meta["answer"] == "red" and s.conf == pytest.approx(0.3)
     s = task.preprocess(raw({"zebra": 1.0, "red": 0.3}), "val")  # evaluation keeps the true best
-    assert s["meta"]["answer"] == "zebra" and s["conf"].item() == 1.0
+    assert s.meta["answer"] == "zebra" and s.conf == 1.0
     assert task.preprocess(raw({"zebra": 1.0}), "train") is None
 
 
 def test_trie_constraint_mask(task: VQATask, tokenizer) -> None:
     s = task.preprocess(raw({"two dogs": 1.0}), "train")
-    mask, target = s["constraint_mask"], s["target"]
+    mask, target = s.constraint_mask, s.target
     assert mask.shape == (target.numel(), len(tokenizer))
     n_prompt = int(target.eq(tokenizer.pad).sum())
     assert not mask[:n_prompt].any()  # question positions: all False
@@ -97,10 +97,10 @@ def test_add_object(tokenizer) -> None:
     task = VQATask(tokenizer, VQAConfig(image_size=16, answers=ANSWERS, add_object=True, max_object_length=2))
     sample = {**raw(), "objects": ["person", "shorts", "ball"]}
     s = task.preprocess(sample, "val")
-    assert tokenizer.decode(s["source"].tolist()) == " is this person wearing shorts? object: person shorts"
-    assert s["decoder_prompt"].tolist() == s["source"].tolist()[:-1]  # objects are part of the decoder prompt
+    assert tokenizer.decode(s.source.tolist()) == " is this person wearing shorts? object: person shorts"
+    assert s.decoder_prompt.tolist() == s.source.tolist()[:-1]  # objects are part of the decoder prompt
     s = task.preprocess({**raw(), "objects": [{"color": "red"}]}, "val")  # structured objects are not labels
-    assert tokenizer.decode(s["source"].tolist()) == " is this person wearing shorts?"
+    assert tokenizer.decode(s.source.tolist()) == " is this person wearing shorts?"
 
 
 def test_samples_without_vqa_are_skipped(task: VQATask) -> None:
