@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from ofa import factory
 from ofa.lit_module import OFALitModule
-from ofa.modules.config import PRESETS
+from ofa.modules.config import PRESETS, OFAConfig
 from ofa.schemas import register_schemas
 from ofa.tasks import TASKS
 from ofa.utils.config_errors import format_config_error
@@ -74,9 +74,15 @@ def test_option_composes_and_resolves(group: str, option: str, synthetic_data_di
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_model_yaml_mirrors_preset(name: str) -> None:
-    values = OmegaConf.load(CONF / "model" / f"{name}.yaml")
-    assert OmegaConf.to_container(values) == PRESETS[name]
+def test_model_option_is_its_preset(name: str, tmp_path: Path) -> None:
+    """`model=<name>` composes to `OFAConfig.from_preset(name)`; the yaml names the preset, repeats no size."""
+    assert factory.typed(compose_cfg([f"model={name}"], tmp_path).model) == OFAConfig.from_preset(name)
+    assert not set(OmegaConf.load(CONF / "model" / f"{name}.yaml")) & set(PRESETS[name])
+
+
+def test_model_overrides_apply_on_top_of_the_preset(tmp_path: Path) -> None:
+    cfg = factory.typed(compose_cfg(["model=ofa_tiny", "model.d_model=512", "model.dropout=0.1"], tmp_path).model)
+    assert cfg == OFAConfig.from_preset("ofa_tiny", d_model=512, dropout=0.1)
 
 
 def test_default_config_instantiates(synthetic_data_dir: Path, tmp_path: Path) -> None:

@@ -1,10 +1,34 @@
-"""OFA multi-head attention: scale 1/sqrt(attn_scale_factor * head_dim), additive bias, per-head c_attn."""
+"""OFA multi-head attention: scale 1/sqrt(attn_scale_factor * head_dim), additive bias, per-head c_attn.
+
+Also the bias builders that the encoder and the decoder share: the absolute-position bias and the key
+padding mask (both additive, (B, H, Tq, Tk)-broadcastable).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """(B, T, D) -> (B, H, T, D/H)."""
+    b, t, d = x.shape
+    return x.view(b, t, heads, d // heads).transpose(1, 2)  # (B, H, T, hd)
+
+
+def position_bias(q_linear: nn.Linear, k_linear: nn.Linear, q_pos: Tensor, k_pos: Tensor,
+                  heads: int, scaling: float) -> Tensor:
+    """OFA's absolute-position bias: per-head (q_linear(q_pos) * scaling) @ k_linear(k_pos)^T. (B,H,Tq,Tk)"""
+    q = split_heads(q_linear(q_pos) * scaling, heads)  # (B, H, Tq, hd)
+    return q @ split_heads(k_linear(k_pos), heads).transpose(2, 3)
+
+
+def key_padding_bias(pad: Tensor, dtype: torch.dtype) -> Tensor | None:
+    """Additive key mask (B, 1, 1, S) from `pad` (B, S) True = pad: -inf at padded keys; None when none is."""
+    if not bool(pad.any()):
+        return None
+    return torch.zeros(pad.shape, dtype=dtype, device=pad.device).masked_fill_(pad, float("-inf"))[:, None, None]
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float, dropout: float = 0.0) -> Tensor:
@@ -47,8 +71,7 @@ class MultiheadAttention(nn.Module):
         self.c_attn = nn.Parameter(torch.ones(num_heads)) if scale_heads else None
 
     def _heads(self, x: Tensor) -> Tensor:
-        b, t, _ = x.shape
-        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        return split_heads(x, self.num_heads)  # (B, H, T, hd)
 
     def _keys_values(self, x: Tensor, kv: Tensor | None, cache: dict | None) -> tuple[Tensor, Tensor]:
         if kv is not None:  # cross-attention: static keys/values

@@ -1,17 +1,18 @@
-"""OFA model configuration: one dataclass, the official presets and a parameter counter.
+"""OFA model configuration: one dataclass and the presets (the one place model sizes are defined).
 
 Field names follow the HF port's `config.json` where one exists (`d_model`, `encoder_ffn_dim`, ...);
 defaults are the fairseq `ofa_large_architecture` defaults with every flag that the released checkpoints
 were trained with switched on (NormFormer extras, `disable_entangle`, ...). Dropout / drop path default
 to the architecture's 0.0; the training recipes (task / experiment configs) raise them.
+
+`conf/model/<name>.yaml` names a preset (ofa/schemas.py registers each as a Hydra schema node) instead of
+repeating its values. Imports nothing from the model: `count_parameters` lives in `ofa.modules.model`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-
-import torch
 
 RESNET_LAYERS: dict[str, list[int]] = {
     "resnet18": [2, 2, 2],
@@ -86,6 +87,7 @@ class OFAConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> OFAConfig:
+        """`PRESETS[name]` with `overrides` on top; every other field keeps its default."""
         if name not in PRESETS:
             raise KeyError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
@@ -106,12 +108,3 @@ PRESETS: dict[str, dict] = {
     "ofa_large": _arch(1024, (12, 12), 16, "resnet152"),
     "ofa_huge": _arch(1280, (24, 12), 16, "resnet152"),
 }
-
-
-def count_parameters(cfg: OFAConfig) -> int:
-    """Number of distinct parameters (tied embedding counted once), built on the meta device."""
-    from ofa.modules.model import OFAModel
-
-    with torch.device("meta"):
-        model = OFAModel(cfg)
-    return sum(p.numel() for p in model.parameters())

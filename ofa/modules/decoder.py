@@ -6,11 +6,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ofa.modules.attention import fold_rows, key_padding_bias, split_heads
 from ofa.modules.config import OFAConfig
-from ofa.modules.attention import fold_rows
-from ofa.modules.encoder import EncoderOut, key_padding_bias, rel_pos_tables, split_heads
+from ofa.modules.encoder import EncoderOut
 from ofa.modules.layers import DecoderLayer
-from ofa.modules.position import decoder_image_position_idx, image_buckets, token_bucket_table, token_buckets
+from ofa.modules.position import decoder_image_position_idx, image_buckets, rel_pos_tables, token_bucket_table
+from ofa.modules.position import token_buckets
 
 
 class DecoderCache:

@@ -9,9 +9,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ofa.modules.attention import key_padding_bias, position_bias
 from ofa.modules.config import OFAConfig
 from ofa.modules.layers import EncoderLayer
-from ofa.modules.position import encoder_image_position_ids, image_buckets, token_bucket_table, token_buckets
+from ofa.modules.position import encoder_image_position_ids, image_buckets, rel_pos_tables, token_bucket_table
+from ofa.modules.position import token_buckets
 from ofa.modules.resnet import ResNet
 
 
@@ -39,29 +41,6 @@ def select_rows(t: Tensor, order: Tensor) -> Tensor:
     if t.size(0) == 1 or t.stride(0) == 0:
         return t[:1].expand(order.numel(), *t.shape[1:])
     return t.index_select(0, order)
-
-
-def split_heads(x: Tensor, heads: int) -> Tensor:
-    b, t, d = x.shape
-    return x.view(b, t, heads, d // heads).transpose(1, 2)  # (B, H, T, hd)
-
-
-def position_bias(q_linear: nn.Linear, k_linear: nn.Linear, q_pos: Tensor, k_pos: Tensor,
-                  heads: int, scaling: float) -> Tensor:
-    """OFA's absolute-position bias: per-head (q_linear(q_pos) * scaling) @ k_linear(k_pos)^T. (B,H,Tq,Tk)"""
-    q = split_heads(q_linear(q_pos) * scaling, heads)
-    return q @ split_heads(k_linear(k_pos), heads).transpose(2, 3)
-
-
-def key_padding_bias(pad: Tensor, dtype: torch.dtype) -> Tensor | None:
-    """Additive key mask (B, 1, 1, S): -inf at padded keys; None when nothing is padded."""
-    if not bool(pad.any()):
-        return None
-    return torch.zeros(pad.shape, dtype=dtype, device=pad.device).masked_fill_(pad, float("-inf"))[:, None, None]
-
-
-def rel_pos_tables(n_layers: int, size: int, heads: int) -> nn.ModuleList:
-    return nn.ModuleList(nn.Embedding(size, heads) for _ in range(n_layers))
 
 
 class OFAEncoder(nn.Module):

@@ -89,3 +89,10 @@ class OFAModel(nn.Module):
         """Logits (B, T, V) for teacher forcing."""
         enc = self.encode(src_tokens, patch_images, patch_masks, sample_patch_num)
         return self.decode(prev_output_tokens, enc, code_masks)
+
+
+def count_parameters(cfg: OFAConfig) -> int:
+    """Number of distinct parameters (tied embedding counted once), built on the meta device."""
+    with torch.device("meta"):
+        model = OFAModel(cfg)
+    return sum(p.numel() for p in model.parameters())

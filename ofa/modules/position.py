@@ -1,11 +1,11 @@
-"""Relative-position buckets and image position ids (spec §1.4 and §1.7), computed from the config."""
+"""Relative-position buckets, their per-layer bias tables and image position ids (spec §1.4 and §1.7)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def token_bucket_table(bucket_size: int, max_position: int, log_position: int = 1024) -> Tensor:
@@ -66,3 +66,8 @@ def decoder_image_position_idx(code_image_size: int, bucket_size: int) -> Tensor
     grid = encoder_image_position_ids(w, w, bucket_size, device=cpu)
     head, tail = torch.zeros(1, dtype=torch.long, device=cpu), torch.full((769,), 1024, device=cpu)
     return torch.cat([head, grid, tail])
+
+
+def rel_pos_tables(n_layers: int, num_buckets: int, heads: int) -> nn.ModuleList:
+    """One learned (num_buckets, heads) relative-bias table per layer (fairseq's `*_rel_pos_table_list`)."""
+    return nn.ModuleList(nn.Embedding(num_buckets, heads) for _ in range(n_layers))

@@ -8,37 +8,15 @@ import sys
 import pytest
 import torch
 
-from ofa.modules.config import PRESETS, OFAConfig, count_parameters
-from ofa.modules.model import OFAModel
+from ofa.modules.config import PRESETS, OFAConfig
+from ofa.modules.model import OFAModel, count_parameters
 
-V, PAD, BOS, EOS = 120, 1, 0, 2
-
-
-def tiny_config(**overrides) -> OFAConfig:
-    base = dict(vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, resnet_type="resnet18",
-                resnet_layers=[1, 1, 1], code_image_size=32)
-    return OFAConfig.from_dict({**base, **overrides})
+# tiny configs, models and batches: tests/modules/conftest.py (`tiny`, `tiny_model`)
 
 
 @pytest.fixture(scope="module")
-def model() -> OFAModel:
-    torch.manual_seed(0)
-    return OFAModel(tiny_config()).eval()
-
-
-def make_batch(b: int = 4, src_len: int = 9, tgt_len: int = 7, seed: int = 1) -> dict:
-    """Images 32x32 (2x2 patches); sample 1 text-only; samples 2 and 3 are image-code targets."""
-    g = torch.Generator().manual_seed(seed)
-    src = torch.randint(4, V, (b, src_len), generator=g)
-    src[:, 0] = BOS
-    src[0, 6:] = PAD
-    tgt = torch.randint(4, V, (b, tgt_len), generator=g)
-    tgt[:, 0] = BOS
-    tgt[1, 5:] = PAD
-    return {"src_tokens": src, "prev_output_tokens": tgt, "patch_images": torch.randn(b, 3, 32, 32, generator=g),
-            "patch_masks": torch.tensor([True, False, True, True][:b]),
-            "code_masks": torch.tensor([False, False, True, True][:b])}
+def model(tiny_model) -> OFAModel:
+    return tiny_model
 
 
 def encode(model: OFAModel, batch: dict):
@@ -46,21 +24,21 @@ def encode(model: OFAModel, batch: dict):
 
 
 @torch.no_grad()
-def test_incremental_equals_full_with_code_samples(model):
-    batch = make_batch()
+def test_incremental_equals_full_with_code_samples(model, tiny):
+    batch = tiny.batch()
     enc = encode(model, batch)
     tokens, code = batch["prev_output_tokens"], batch["code_masks"]
     full = model.decode(tokens, enc, code)  # (B, T, V)
     cache = model.new_cache()
     steps = [model.decode(tokens[:, :t], enc, code, cache) for t in range(1, tokens.size(1) + 1)]
-    assert all(s.shape == (4, 1, V) for s in steps)
-    keep = tokens.ne(PAD)
+    assert all(s.shape == (4, 1, tiny.vocab) for s in steps)
+    keep = tokens.ne(tiny.pad)
     assert (torch.cat(steps, 1) - full)[keep].abs().max() <= 1e-5
 
 
 @torch.no_grad()
-def test_cache_primed_with_a_prefix_then_reordered(model):
-    batch = make_batch()
+def test_cache_primed_with_a_prefix_then_reordered(model, tiny):
+    batch = tiny.batch()
     enc, tokens, code = encode(model, batch), batch["prev_output_tokens"], batch["code_masks"]
     full = model.decode(tokens, enc, code)
     cache = model.new_cache()
@@ -73,25 +51,26 @@ def test_cache_primed_with_a_prefix_then_reordered(model):
 
 
 @torch.no_grad()
-def test_encoder_rows_shared_by_groups_of_target_rows(model):
+def test_encoder_rows_shared_by_groups_of_target_rows(model, tiny):
     """Beam search layout: one encoder row serves G consecutive target rows, cached or not."""
-    batch, g = make_batch(), 3
+    batch, g = tiny.batch(), 3
     enc = encode(model, batch)
     rows = torch.arange(4).repeat_interleave(g)
     tokens, code = batch["prev_output_tokens"][rows], batch["code_masks"][rows]
-    tokens[1::g, 2:] = torch.randint(4, V, (4, tokens.size(1) - 2), generator=torch.Generator().manual_seed(3))
+    g3 = torch.Generator().manual_seed(3)
+    tokens[1::g, 2:] = torch.randint(4, tiny.vocab, (4, tokens.size(1) - 2), generator=g3)
     repeated = model.decode(tokens, enc.index_select(rows), code)  # (B*G, T, V)
     assert (model.decode(tokens, enc, code) - repeated).abs().max() <= 1e-5
     cache = model.new_cache()
     steps = torch.cat([model.decode(tokens[:, :t], enc, code, cache) for t in range(1, tokens.size(1) + 1)], 1)
-    keep = tokens.ne(PAD)
+    keep = tokens.ne(tiny.pad)
     assert (steps - repeated)[keep].abs().max() <= 1e-5
 
 
 @torch.no_grad()
-def test_cache_follows_a_shrunk_encoder_out(model):
+def test_cache_follows_a_shrunk_encoder_out(model, tiny):
     """Samples finish: the encoder output is index_selected and the cached cross-attention follows it."""
-    batch, g = make_batch(), 2
+    batch, g = tiny.batch(), 2
     enc, tokens, code = encode(model, batch), batch["prev_output_tokens"], batch["code_masks"]
     full = model.decode(tokens, enc, code)
     rows = torch.arange(4).repeat_interleave(g)
@@ -112,10 +91,10 @@ def test_cache_follows_a_shrunk_encoder_out(model):
     assert not calls and cache.enc is small  # cross-attention keys reordered, not recomputed
 
 
-def test_every_parameter_gets_a_gradient():
+def test_every_parameter_gets_a_gradient(tiny):
     torch.manual_seed(0)
-    model = OFAModel(tiny_config(dropout=0.1, encoder_drop_path_rate=0.1, resnet_drop_path_rate=0.1)).train()
-    batch = make_batch()
+    model = OFAModel(tiny.config(dropout=0.1, encoder_drop_path_rate=0.1, resnet_drop_path_rate=0.1)).train()
+    batch = tiny.batch()
     logits = model(**batch)
     logits.logsumexp(-1).mean().backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -123,13 +102,13 @@ def test_every_parameter_gets_a_gradient():
 
 
 @torch.no_grad()
-def test_padding_does_not_change_outputs(model):
-    batch = make_batch()
+def test_padding_does_not_change_outputs(model, tiny):
+    batch = tiny.batch()
     more = dict(batch)
-    more["src_tokens"] = torch.cat([batch["src_tokens"], torch.full((4, 5), PAD)], 1)
-    more["prev_output_tokens"] = torch.cat([batch["prev_output_tokens"], torch.full((4, 3), PAD)], 1)
+    more["src_tokens"] = torch.cat([batch["src_tokens"], torch.full((4, 5), tiny.pad)], 1)
+    more["prev_output_tokens"] = torch.cat([batch["prev_output_tokens"], torch.full((4, 3), tiny.pad)], 1)
     a, b = model(**batch), model(**more)
-    keep = batch["prev_output_tokens"].ne(PAD)
+    keep = batch["prev_output_tokens"].ne(tiny.pad)
     assert (a - b[:, : a.size(1)])[keep].abs().max() <= 1e-5
     ea, eb = encode(model, batch), encode(model, more)
     real = ~ea.padding_mask
@@ -137,8 +116,8 @@ def test_padding_does_not_change_outputs(model):
 
 
 @torch.no_grad()
-def test_text_only_sample_in_a_mixed_batch(model):
-    batch = make_batch()
+def test_text_only_sample_in_a_mixed_batch(model, tiny):
+    batch = tiny.batch()
     enc = encode(model, batch)
     assert enc.padding_mask[1, :4].all() and not enc.padding_mask[0, :4].any()  # 4 patches masked
     mixed = model(**batch)[1]
@@ -146,38 +125,38 @@ def test_text_only_sample_in_a_mixed_batch(model):
     other_image["patch_images"][1] = 5.0  # a text-only sample's image must not matter
     assert (model(**other_image)[1] - mixed).abs().max() <= 1e-5
     alone = model(batch["src_tokens"][1:2], batch["prev_output_tokens"][1:2])[0]  # no image at all
-    keep = batch["prev_output_tokens"][1].ne(PAD)
+    keep = batch["prev_output_tokens"][1].ne(tiny.pad)
     assert (alone - mixed)[keep].abs().max() <= 1e-4
 
 
 @torch.no_grad()
-def test_sample_patch_num_and_shapes(model):
-    batch = make_batch()
+def test_sample_patch_num_and_shapes(model, tiny):
+    batch = tiny.batch()
     enc = model.encode(batch["src_tokens"], batch["patch_images"], batch["patch_masks"], sample_patch_num=3)
     assert enc.hidden.shape == (4, 3 + 9, 32) and enc.position_embeddings.shape == (4, 12, 32)
     assert enc.padding_mask.shape == (4, 12) and enc.padding_mask[1, :3].all()
     logits = model.decode(batch["prev_output_tokens"], enc)
-    assert logits.shape == (4, 7, V) and torch.isfinite(logits).all()
+    assert logits.shape == (4, 7, tiny.vocab) and torch.isfinite(logits).all()
 
 
-def test_meta_build_then_reset_keeps_the_tie():
+def test_meta_build_then_reset_keeps_the_tie(tiny):
     with torch.device("meta"):
-        model = OFAModel(tiny_config())
+        model = OFAModel(tiny.config())
     model.to_empty(device="cpu")
     model.reset_parameters()
     assert model.decoder.output_projection.weight is model.encoder.embed_tokens.weight
     assert model.decoder.embed_tokens is model.encoder.embed_tokens
-    assert model.encoder.embed_tokens.weight[PAD].abs().sum() == 0
+    assert model.encoder.embed_tokens.weight[tiny.pad].abs().sum() == 0
     assert model.decoder.image_position_idx[:3].tolist() == [0, 1, 2]
-    assert torch.isfinite(model.eval()(**make_batch())).all()
+    assert torch.isfinite(model.eval()(**tiny.batch())).all()
 
 
-def test_freeze_resnet_uses_running_stats():
-    model = OFAModel(tiny_config(freeze_resnet=True)).train()
+def test_freeze_resnet_uses_running_stats(tiny):
+    model = OFAModel(tiny.config(freeze_resnet=True)).train()
     bn = model.encoder.embed_images.bn1
     assert not bn.weight.requires_grad
     before = bn.running_mean.clone()
-    model(**make_batch())
+    model(**tiny.batch())
     assert torch.equal(bn.running_mean, before)
 
 
@@ -196,6 +175,9 @@ def test_presets_build_and_nano_is_small():
 
 
 def test_modules_import_without_training_stack():
+    """Pure torch, and one-way: the config imports no model module."""
     code = ("import sys\nfor m in ('lightning', 'pytorch_lightning', 'hydra', 'webdataset'): sys.modules[m] = None\n"
-            "import ofa.modules.model, ofa.modules.config")
+            "import ofa.modules.config\n"
+            "assert not [m for m in sys.modules if m.startswith('ofa.modules.') and m != 'ofa.modules.config']\n"
+            "import ofa.modules.model, ofa.modules.generation")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,124 @@
+"""ofa/modules/decoder.py: the causal / padding self-mask, encoder key padding in cross-attention, per-sample
+image-code positions, the cache on text-only inputs, argument checks, the output projection fast path.
+
+Cache equivalence with code samples, reordering and beam groups on the whole model: test_model.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ofa.modules.decoder import DecoderCache
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model, tiny):
+    batch = tiny.batch()
+    with torch.no_grad():
+        enc = tiny_model.encode(batch["src_tokens"], batch["patch_images"], batch["patch_masks"])
+    return tiny_model.decoder, enc, batch
+
+
+def test_self_mask_is_causal_and_hides_padded_keys(setup, tiny):
+    dec, _, _ = setup
+    tokens = torch.tensor([[0, 5, 6, 7], [0, 5, tiny.pad, tiny.pad]])
+    mask = dec._self_mask(tokens, start=0)  # (B, 1, T, T)
+    inf = float("-inf")
+    assert mask.shape == (2, 1, 4, 4)
+    assert mask[0, 0].tolist() == [[0, inf, inf, inf], [0, 0, inf, inf], [0, 0, 0, inf], [0, 0, 0, 0]]
+    assert mask[1, 0, 3].tolist() == [0, 0, inf, 0]  # a padded key is hidden, but a position sees itself
+    assert dec._self_mask(tokens, start=2).shape == (2, 1, 2, 4)  # only the new query rows
+    assert dec._self_mask(tokens[:1], start=3) is None  # one new position, nothing padded
+
+
+@torch.no_grad()
+def test_changing_later_tokens_leaves_earlier_logits(setup, tiny):
+    dec, enc, batch = setup
+    tokens = batch["prev_output_tokens"]
+    later = tokens.clone()
+    later[:, 4:] = torch.randint(4, tiny.vocab, (4, tokens.size(1) - 4), generator=torch.Generator().manual_seed(5))
+    a, b = dec(tokens, enc, batch["code_masks"]), dec(later, enc, batch["code_masks"])
+    assert a.shape == (4, tokens.size(1), tiny.vocab)
+    assert (a[:, :4] - b[:, :4]).abs().max() <= 1e-5
+    assert (a[0, 4:] - b[0, 4:]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_padded_encoder_positions_are_ignored(setup):
+    dec, enc, batch = setup
+    hidden = enc.hidden.clone()
+    hidden[enc.padding_mask] = 50.0  # text-only sample's patches, sample 0's pad tokens
+    changed = type(enc)(hidden, enc.padding_mask, enc.position_embeddings)
+    tokens, code = batch["prev_output_tokens"], batch["code_masks"]
+    assert (dec(tokens, enc, code) - dec(tokens, changed, code)).abs().max() <= 1e-5
+    hidden[0, 0] = 50.0  # a real patch of sample 0: it must matter
+    moved = dec(tokens, type(enc)(hidden, enc.padding_mask, enc.position_embeddings), code)
+    assert (dec(tokens, enc, code) - moved)[0].abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_code_positions_are_per_sample(setup):
+    """Image-code samples use the 2-D code positions; the other rows of the batch are not affected."""
+    dec, enc, batch = setup
+    tokens = batch["prev_output_tokens"]
+    text = dec(tokens, enc, torch.zeros(4, dtype=torch.bool))
+    mixed = dec(tokens, enc, batch["code_masks"])  # rows 2 and 3 are code samples
+    assert (mixed[:2] - text[:2]).abs().max() <= 1e-5
+    assert (mixed[2:, 1:] - text[2:, 1:]).abs().amax(dim=(1, 2)).min() > 1e-3
+
+
+@torch.no_grad()
+def test_cache_on_text_only_inputs(tiny_model, tiny):
+    """No images and no code samples: step-by-step decoding equals teacher forcing."""
+    batch = tiny.batch()
+    dec, enc = tiny_model.decoder, tiny_model.encode(batch["src_tokens"])
+    tokens = batch["prev_output_tokens"]
+    full = dec(tokens, enc)
+    cache = DecoderCache(len(dec.layers))
+    steps = []
+    for t in range(1, tokens.size(1) + 1):
+        steps.append(dec(tokens[:, :t], enc, cache=cache))
+        assert cache.length == t
+    keep = tokens.ne(tiny.pad)
+    assert (torch.cat(steps, 1) - full)[keep].abs().max() <= 1e-5
+    assert cache.static["self_pos_k"].size(0) == 1  # positions shared by the batch: one row
+
+
+@torch.no_grad()
+def test_cache_index_select_keeps_shared_rows(setup):
+    dec, enc, batch = setup
+    cache = DecoderCache(len(dec.layers))
+    dec(batch["prev_output_tokens"][:, :2], enc, cache=cache)
+    k = cache.layers[0]["self"]["k"]
+    cache.index_select(torch.tensor([2, 2, 1, 0]))
+    assert torch.equal(cache.layers[0]["self"]["k"], k[[2, 2, 1, 0]])
+    assert cache.static["self_pos_k"].size(0) == 1
+
+
+def test_argument_checks(setup):
+    dec, enc, batch = setup
+    tokens = batch["prev_output_tokens"]
+    with pytest.raises(ValueError, match="not a multiple"):
+        dec(tokens[:3], enc)
+    cache = DecoderCache(len(dec.layers))
+    with torch.no_grad():
+        dec(tokens[:, :3], enc, cache=cache)
+        with pytest.raises(ValueError, match="already holds 3"):
+            dec(tokens[:, :3], enc, cache=cache)
+
+
+def test_fast_projection_equals_the_linear_layer(setup):
+    dec, _, _ = setup
+    x = torch.randn(4, 1, 32)
+    with torch.no_grad():
+        fast = dec.project(x)  # CPU, few rows, no autograd: (W @ x^T)^T
+    assert fast.shape == (4, 1, dec.output_projection.weight.size(0))
+    assert torch.allclose(fast, dec.output_projection(x).detach(), atol=1e-6)
+
+
+@torch.no_grad()
+def test_hidden_states(setup):
+    dec, enc, batch = setup
+    x, states = dec.extract_features(batch["prev_output_tokens"], enc, return_hidden_states=True)
+    assert x.shape == (4, 7, 32) and len(states) == len(dec.layers) + 1
+    assert torch.allclose(dec.layer_norm(states[-1]), x, atol=1e-6)

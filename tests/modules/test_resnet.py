@@ -1,0 +1,83 @@
+"""ofa/modules/resnet.py: output grid (stride 16, 1024 channels), block counts, the folded inference path,
+frozen batch norm, drop path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ofa.modules.resnet import Bottleneck, FrozenBatchNorm2d, ResNet, drop_path
+
+
+@pytest.fixture(scope="module")
+def resnet() -> ResNet:
+    """One block per stage, with non-trivial batch-norm statistics and affine parameters."""
+    torch.manual_seed(0)
+    net = ResNet([1, 1, 1])
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    return net.eval()
+
+
+@pytest.mark.parametrize("h, w", [(32, 32), (48, 32), (40, 24)])
+def test_output_grid_is_stride_16(resnet, h, w):
+    with torch.no_grad():
+        out = resnet(torch.randn(2, 3, h, w))
+    assert out.shape == (2, 1024, -(-h // 16), -(-w // 16))  # ceil: padded convolutions and pooling
+
+
+def test_block_counts_follow_the_layers_argument():
+    net = ResNet([2, 1, 3])
+    assert [len(net.layer1), len(net.layer2), len(net.layer3)] == [2, 1, 3]
+    assert all(isinstance(b, Bottleneck) for b in net.layer3)
+    assert net.layer1[0].downsample is not None and net.layer1[1].downsample is None  # 64 -> 256 channels
+
+
+def test_folded_inference_equals_the_autograd_path(resnet):
+    """No grad + eval runs `forward_inference` (batch norm folded, channels-last on CPU)."""
+    x = torch.randn(2, 3, 48, 32)
+    with torch.no_grad():
+        fast = resnet(x)
+    with torch.enable_grad():
+        slow = resnet(x)  # eval mode with autograd: the plain layers
+    assert slow.requires_grad and not fast.requires_grad
+    assert torch.allclose(fast, slow, rtol=1e-4, atol=1e-4 * slow.abs().max().item())
+
+
+def test_samples_are_independent_in_eval(resnet):
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(resnet(x)[1:2], resnet(x[1:2]), atol=1e-5)
+
+
+def test_frozen_batch_norm_never_trains():
+    net = ResNet([1, 1, 1], frozen_bn=True).train()
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(isinstance(m, FrozenBatchNorm2d) for m in norms)
+    assert not any(p.requires_grad for m in norms for p in m.parameters())
+    before = [m.running_mean.clone() for m in norms]
+    net(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(torch.equal(m.running_mean, b) for m, b in zip(norms, before))
+    assert net.conv1.weight.grad is not None
+
+
+def test_drop_path_zeroes_whole_samples_and_rescales():
+    x = torch.ones(2000, 3, 4)
+    assert drop_path(x, 0.3, training=False) is x and drop_path(x, 0.0, training=True) is x
+    torch.manual_seed(0)
+    y = drop_path(x, 0.25, training=True)
+    per_sample = y.flatten(1)
+    kept = per_sample[:, 0] > 0
+    assert torch.equal(per_sample[kept], torch.full_like(per_sample[kept], 1 / 0.75))  # survivors rescaled
+    assert (per_sample[~kept] == 0).all()
+    assert abs(kept.float().mean().item() - 0.75) < 0.05 and abs(y.mean().item() - 1.0) < 0.07
+
+
+def test_drop_path_rates_grow_along_a_stage():
+    net = ResNet([1, 1, 3], drop_path_rate=0.2)
+    assert [b.drop_path.p for b in net.layer3] == pytest.approx([0.0, 0.1, 0.2])
