@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ofa.datamodules.datamodule import OFADataModule
+from ofa.datamodules.datamodule import SHARD_KEYS, LoaderConfig, OFADataModule, build_sources
 from ofa.datamodules.synthetic import ensure_synthetic_dataset
 from ofa.fault import AtomicCheckpointIO, RNGStateCallback
 from ofa.lit_module import OFALitModule
@@ -20,7 +20,7 @@ from ofa.tokenizer import OFATokenizer, build_tokenizer
 from ofa.utils.logging import get_logger
 
 log = get_logger(__name__)
-DATA_KEYS = ("synthetic_dir",)  # data config keys consumed here, not by OFADataModule
+DATA_KEYS = ("root", "synthetic_dir", *SHARD_KEYS, "sources")  # data keys that are not LoaderConfig fields
 WRAP_POLICY_KEYS = ("auto_wrap_policy", "activation_checkpointing_policy")
 
 
@@ -62,9 +62,16 @@ def build_task(task_cfg: DictConfig, tokenizer: OFATokenizer) -> Task:
 
 
 def build_datamodule(data_cfg: DictConfig, tasks: dict[str, Task]) -> OFADataModule:
-    """Tasks are passed by object; a mixture config names them (`mixture: [{task: caption, ...}]`)."""
-    kwargs = {k: v for k, v in plain(data_cfg).items() if k not in DATA_KEYS}
-    return OFADataModule(**kwargs, tasks=tasks)
+    """One `TaskSource` per `data.sources` entry (task name -> weight and shards, which default to the shared
+    `data.*_shards`), with the built task objects; every other data key is a `LoaderConfig` field."""
+    data = plain(data_cfg)
+    unread = [name for name in tasks if name not in (data.get("sources") or {})]
+    if unread:  # a task without data would never train
+        raise ValueError(f"data.sources has no entry for task(s) {unread}: add `<task>: {{}}` under data.sources "
+                         f"(or pick the task's data option, data=<task>)")
+    sources = build_sources(data["sources"], tasks, defaults={key: data.get(key) for key in SHARD_KEYS})
+    loader = LoaderConfig(**{k: v for k, v in data.items() if k not in DATA_KEYS})
+    return OFADataModule(sources, loader)
 
 
 def build_lit_module(cfg: DictConfig, tasks: dict[str, Task], tokenizer: OFATokenizer) -> OFALitModule:

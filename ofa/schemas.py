@@ -174,13 +174,32 @@ def callbacks_schema() -> type:
     return dataclasses.make_dataclass("CallbacksSchema", fields)
 
 
-def data_schema() -> type:
-    """`OFADataModule`'s constructor arguments (less `task`/`tasks`: the factory passes the built tasks) and
-    `synthetic_dir` (generate the synthetic dataset there on first use; null for real data)."""
-    from ofa.datamodules.datamodule import OFADataModule
+def dataclass_fields(cls: type, exclude: tuple[str, ...] = (), defaults: dict[str, Any] | None = None) -> list[tuple]:
+    """`cls`'s fields as `make_dataclass` entries with OmegaConf-checkable types (`defaults` replaces some)."""
+    hints = typing.get_type_hints(cls)
+    entries = []
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        default, ftype = (defaults or {}).get(f.name, f.default), omegaconf_type(hints[f.name])
+        if default is None and ftype is not Any and type(None) not in typing.get_args(ftype):
+            ftype = Optional[ftype]
+        entries.append((f.name, ftype, field(default=default)))
+    return entries
 
-    return signature_schema(OFADataModule.__init__, "DataSchema", exclude=("task", "tasks"),
-                            extra={"synthetic_dir": Optional[str]})
+
+def data_schema() -> type:
+    """The data config: `LoaderConfig`'s fields; the shared shard patterns `{split}_shards` (written from
+    `root`; `synthetic_dir` generates the synthetic dataset there on first use, null for real data); and
+    `sources`, task name -> `TaskSource`'s fields less `task`, whose patterns default to the shared ones."""
+    from ofa.datamodules.datamodule import SHARD_KEYS, LoaderConfig, TaskSource
+
+    inherit = {key: f"${{...{key}}}" for key in SHARD_KEYS}  # data.sources.<name>.<key> -> data.<key>
+    source = dataclasses.make_dataclass("SourceSchema", dataclass_fields(TaskSource, ("task",), inherit))
+    shared = [("root", Optional[str], field(default=None)), ("synthetic_dir", Optional[str], field(default=None)),
+              *((key, Any, field(default=None)) for key in SHARD_KEYS),
+              ("sources", typing.Dict[str, source], field(default_factory=dict))]
+    return dataclasses.make_dataclass("DataSchema", [*dataclass_fields(LoaderConfig), *shared])
 
 
 def monitor_key(task_name: str, monitor: str, split: str = "val") -> str:

@@ -19,7 +19,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from ofa.callbacks import DataSkipLogger
 from ofa.callbacks.data_skips import format_summary
-from ofa.datamodules.datamodule import OFADataModule
+from ofa.datamodules.datamodule import LoaderConfig, OFADataModule, TaskSource
 
 # what one pass over `corrupt_shards` skips (each shard is read once per evaluation pass)
 PASS = {"bad_json": 2, "bad_image": 1, "too_many_pixels": 1, "missing_fields": 1, "truncated_tar": 1,
@@ -80,8 +80,9 @@ class TinyModule(pl.LightningModule):
 
 
 def datamodule(stub_task, shards: list[str], num_workers: int = 0) -> OFADataModule:
-    return OFADataModule(stub_task(), train_shards=shards, val_shards=shards, test_shards=shards, batch_size=2,
-                         num_workers=num_workers, batches_per_epoch=4, shuffle_buffer=4, max_image_pixels=1_000_000)
+    return OFADataModule([TaskSource(stub_task(), train_shards=shards, val_shards=shards, test_shards=shards)],
+                         LoaderConfig(batch_size=2, num_workers=num_workers, batches_per_epoch=4, shuffle_buffer=4,
+                                      max_image_pixels=1_000_000))
 
 
 def trainer(tmp_path: Path, callback: DataSkipLogger, **kwargs) -> pl.Trainer:
@@ -142,8 +143,8 @@ def test_validate_and_test_report_their_own_split(stub_task, corrupt_shards, tmp
 
 
 def test_clean_data_says_none(stub_task, synthetic_shards, tmp_path, capsys) -> None:
-    dm = OFADataModule(stub_task(), train_shards=synthetic_shards["train"], val_shards=synthetic_shards["val"],
-                       batch_size=4, num_workers=0, batches_per_epoch=2, shuffle_buffer=4)
+    source = TaskSource(stub_task(), train_shards=synthetic_shards["train"], val_shards=synthetic_shards["val"])
+    dm = OFADataModule([source], LoaderConfig(batch_size=4, num_workers=0, batches_per_epoch=2, shuffle_buffer=4))
     trainer(tmp_path, DataSkipLogger(), max_epochs=1).fit(TinyModule(), datamodule=dm)
     assert "data skipped during fit (1 rank): none" in capsys.readouterr().out
     assert dm.trainer.callback_metrics["data/skipped/total"] == 0

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from ofa.datamodules.collate import collate
-from ofa.datamodules.datamodule import OFADataModule
+from ofa.datamodules.datamodule import LoaderConfig, OFADataModule, TaskSource
 from ofa.lit_module import EMAConfig, ModuleConfig, OFALitModule
 from ofa.modules.config import OFAConfig
 from ofa.modules.generation import GenerationConfig
@@ -37,8 +37,10 @@ def make_module(tokenizer, tasks=None, **module_kwargs) -> OFALitModule:
 
 
 def make_dm(tasks, shards) -> OFADataModule:
-    return OFADataModule(tasks=tasks, train_shards=shards["train"], val_shards=shards["val"],
-                         batch_size=4, eval_batch_size=8, num_workers=0, batches_per_epoch=3, shuffle_buffer=8)
+    (task,) = tasks.values()
+    return OFADataModule([TaskSource(task, train_shards=shards["train"], val_shards=shards["val"])],
+                         LoaderConfig(batch_size=4, eval_batch_size=8, num_workers=0, batches_per_epoch=3,
+                                      shuffle_buffer=8))
 
 
 def fit(module, dm, tmp_path: Path, **trainer_kwargs) -> pl.Trainer:

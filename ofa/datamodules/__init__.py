@@ -9,7 +9,8 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "OFADataModule": "datamodule", "TaskData": "datamodule", "collate": "collate",
+    "OFADataModule": "datamodule", "TaskSource": "datamodule", "LoaderConfig": "datamodule",
+    "build_sources": "datamodule", "collate": "collate",
     "SkipCounter": "shards", "expand_shards": "shards", "ensure_synthetic_dataset": "synthetic",
 }
 __all__ = sorted(_LAZY)

@@ -1,12 +1,13 @@
-"""`OFADataModule`: WebDataset shards of one task or a weighted multitask mixture -> OFA batches.
+"""`OFADataModule`: WebDataset shards of one or more task sources -> OFA batches.
 
-Training mixes tasks per sample with the given weights and runs `batches_per_epoch` batches per rank;
-validation and test give one dataloader per task (in mixture order), so metrics stay per task.
-Skipped data is counted by reason: `skip_counts()` -> `{"bad_image": 3, ...}` (log as `data/skipped/<reason>`).
+A run reads a list of `TaskSource`s (a single task is a mixture of one) with one `LoaderConfig`.
+Training mixes the sources per sample with their weights and runs `batches_per_epoch` batches per rank;
+validation and test give one dataloader per source that has shards for the split (in source order), so
+metrics stay per task. Skipped data is counted by reason: `skip_counts()` -> `{"bad_image": 3, ...}`
+(log as `data/skipped/<reason>`).
 """
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -19,14 +20,16 @@ from ofa.datamodules.pipeline import EvalStream, ShardLoader, Source, StreamConf
 from ofa.datamodules.shards import REASONS, Shards, SkipCounter, expand_shards
 
 SPLITS = ("train", "val", "test")
+SHARD_KEYS = tuple(f"{split}_shards" for split in SPLITS)
 # TrainStream.__len__ is exact (each worker yields its share of batches_per_epoch), so Lightning's generic
 # warning about the length of multi-worker IterableDatasets does not apply.
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 
 @dataclass
-class TaskData:
-    """One task with its shard patterns per split and its weight in the training mixture."""
+class TaskSource:
+    """One task with its shard patterns per split and its weight in the training mixture.
+    A split without shards has no loader (e.g. VQA's test-dev, whose answers are not public)."""
 
     task: Any  # has `.name` and `.preprocess(raw, split) -> dict | None`
     train_shards: Shards | None = None
@@ -38,84 +41,85 @@ class TaskData:
         return getattr(self, f"{split}_shards")
 
 
-def as_task_data(item: Any, tasks: Mapping[str, Any] | None = None) -> TaskData:
-    """Accept `TaskData`, a mapping with its fields (Hydra), or a tuple `(task, shards, weight)` where
-    `shards` is the train pattern(s) or a mapping `{"train": ..., "val": ..., "test": ...}`.
-    A task given by name is looked up in `tasks`."""
-    if isinstance(item, Mapping):
-        unknown = set(item) - {f.name for f in fields(TaskData)}
+@dataclass
+class LoaderConfig:
+    """How the sources become batches; the data config's keys of the same names (`data.batch_size`, ...).
+
+    `batch_size` is per device (`eval_batch_size` defaults to it); `rank`/`world_size` default to the
+    trainer's (set them to simulate ranks); `max_image_pixels` guards against decompression bombs;
+    `pad_id` defaults to the first task's tokenizer's."""
+
+    batch_size: int = 8
+    eval_batch_size: int | None = None
+    num_workers: int = 2
+    batches_per_epoch: int = 1000
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    max_image_pixels: int = 50_000_000
+    pad_id: int | None = None
+    rank: int | None = None
+    world_size: int | None = None
+    pin_memory: bool = False
+    persistent_workers: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1) \
+                or self.num_workers < 0:
+            raise ValueError(f"OFADataModule: need batch sizes >= 1 and num_workers >= 0, got batch_size="
+                             f"{self.batch_size}, eval_batch_size={self.eval_batch_size}, "
+                             f"num_workers={self.num_workers}")
+
+
+def build_sources(entries: Mapping[str, Mapping[str, Any]], tasks: Mapping[str, Any],
+                  defaults: Mapping[str, Any] | None = None) -> list[TaskSource]:
+    """`TaskSource`s from config entries `{task name: {weight, train_shards, val_shards, test_shards}}`, in
+    entry order. A key an entry leaves out takes its value from `defaults` (the data config's shared
+    shard patterns), so adding a task that reads the shared shards is one line; `tasks` maps names to
+    built task objects."""
+    known = [f.name for f in fields(TaskSource) if f.name != "task"]
+    sources = []
+    for name, entry in entries.items():
+        unknown = set(entry or {}) - set(known)
         if unknown:
-            raise ValueError(f"mixture entry has unknown keys {sorted(unknown)}; "
-                             f"expected {[f.name for f in fields(TaskData)]}")
-        item = TaskData(**item)
-    elif isinstance(item, Sequence) and len(item) == 3:
-        task, shards, weight = item
-        split_shards = shards if isinstance(shards, Mapping) else {"train": shards}
-        item = TaskData(task, *(split_shards.get(s) for s in SPLITS), weight=float(weight))
-    elif not isinstance(item, TaskData):
-        raise ValueError(f"mixture entry {item!r} is not a TaskData, a mapping or a (task, shards, weight) tuple")
-    if isinstance(item.task, str):
-        if item.task not in (tasks or {}):
-            raise ValueError(f"unknown task {item.task!r}; built tasks: {sorted(tasks or {})}")
-        item = dataclasses.replace(item, task=tasks[item.task])
-    return item
+            raise ValueError(f"data source {name!r} has unknown keys {sorted(unknown)}; expected {known}")
+        if name not in tasks:
+            raise ValueError(f"unknown task {name!r} in the data sources; built tasks: {sorted(tasks)}")
+        values = {**{k: v for k, v in (defaults or {}).items() if k in known}, **(entry or {})}
+        sources.append(TaskSource(tasks[name], **values))
+    return sources
 
 
 class OFADataModule(pl.LightningDataModule):
-    """Streams WebDataset shards through `task.preprocess` and `collate` (see module docstring).
+    """Streams the sources' shards through `task.preprocess` and `collate` (see module docstring)."""
 
-    Give either `task` with `train_shards`/`val_shards`/`test_shards`, or `mixture` (a list of `TaskData`,
-    mappings, or `(task, shards, weight)` tuples). A task may be given by name when `tasks` (name -> task
-    object, e.g. built by a factory) is passed; with one task in `tasks` and no `task`/`mixture`, it is used.
-    `batch_size` is per device; `rank`/`world_size` default to the trainer's (pass them to simulate ranks).
-    `max_image_pixels` guards against decompression bombs.
-    """
-
-    def __init__(self, task: Any = None, train_shards: Shards | None = None, val_shards: Shards | None = None,
-                 test_shards: Shards | None = None, mixture: Sequence[Any] | None = None, batch_size: int = 8,
-                 eval_batch_size: int | None = None, num_workers: int = 2, batches_per_epoch: int = 1000,
-                 seed: int = 0, max_image_pixels: int = 50_000_000, shuffle_buffer: int = 1000,
-                 pad_id: int | None = None, rank: int | None = None, world_size: int | None = None,
-                 pin_memory: bool = False, persistent_workers: bool = False,
-                 tasks: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, sources: Sequence[TaskSource], loader: LoaderConfig | None = None) -> None:
         super().__init__()
-        if task is None and mixture is None and tasks is not None and len(tasks) == 1:
-            task = next(iter(tasks.values()))
-        if (task is None) == (mixture is None):
-            raise ValueError("OFADataModule: give either `task` (with *_shards) or `mixture`, not both or neither")
-        items = [TaskData(task, train_shards, val_shards, test_shards)] if task is not None else mixture
-        self.task_data = [as_task_data(item, tasks) for item in items]
-        if not self.task_data:
-            raise ValueError("OFADataModule: empty mixture")
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1) or num_workers < 0:
-            raise ValueError(f"OFADataModule: need batch sizes >= 1 and num_workers >= 0, got batch_size="
-                             f"{batch_size}, eval_batch_size={eval_batch_size}, num_workers={num_workers}")
-        self._urls = {(i, split): expand_shards(td.shards(split)) for i, td in enumerate(self.task_data)
-                      for split in SPLITS if td.shards(split)}  # validates patterns now
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        self.num_workers, self.batches_per_epoch, self.seed = num_workers, batches_per_epoch, seed
-        self.max_image_pixels, self.shuffle_buffer = max_image_pixels, shuffle_buffer
-        self.pad_id = pad_id if pad_id is not None else _pad_of(self.task_data[0].task)
-        self.rank, self.world_size = rank, world_size
-        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
+        self.sources = list(sources)
+        if not self.sources or not all(isinstance(s, TaskSource) for s in self.sources):
+            raise ValueError(f"OFADataModule: give a non-empty list of TaskSource, got {sources!r}")
+        self.loader = loader or LoaderConfig()
+        self._urls = {(i, split): expand_shards(source.shards(split)) for i, source in enumerate(self.sources)
+                      for split in SPLITS if source.shards(split)}  # validates patterns now
+        self.eval_batch_size = self.loader.eval_batch_size or self.loader.batch_size
+        self.pad_id = self.loader.pad_id if self.loader.pad_id is not None else _pad_of(self.sources[0].task)
         self._counters: dict[str, list[SkipCounter]] = {split: [] for split in SPLITS}
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     @property
     def tasks(self) -> list[Any]:
-        return [td.task for td in self.task_data]
+        return [source.task for source in self.sources]
 
     def eval_task_names(self, split: str) -> list[str]:
         """Task names of the dataloaders returned for `split` ("val" or "test"), in order."""
-        return [td.task.name for i, td in enumerate(self.task_data) if (i, split) in self._urls]
+        return [s.task.name for i, s in enumerate(self.sources) if (i, split) in self._urls]
 
     # ---- dataloaders -------------------------------------------------------------------------------
     def train_dataloader(self) -> ShardLoader:
-        sources = [Source(td.task, self._urls[(i, "train")], td.weight)
-                   for i, td in enumerate(self.task_data) if (i, "train") in self._urls]
+        sources = [Source(s.task, self._urls[(i, "train")], s.weight)
+                   for i, s in enumerate(self.sources) if (i, "train") in self._urls]
         if not sources:
             raise ValueError("OFADataModule: no train_shards given for any task")
-        stream = TrainStream(sources, self.batches_per_epoch, self._stream_config(self.batch_size),
+        stream = TrainStream(sources, self.loader.batches_per_epoch, self._stream_config(self.loader.batch_size),
                              self._new_counter("train"))
         stream.resume_at = self._resume_at
         return self._loader(stream, self._train_epoch)
@@ -133,7 +137,7 @@ class OFADataModule(pl.LightningDataModule):
         self._resume_at, self._resume_pending = None, bool(position)
         if position:  # a finished epoch resumes at the start of the next one
             epoch, done = position["epoch"], position["batches"]
-            self._resume_at = (epoch + 1, 0) if done >= self.batches_per_epoch else (epoch, done)
+            self._resume_at = (epoch + 1, 0) if done >= self.loader.batches_per_epoch else (epoch, done)
 
     def _train_epoch(self) -> int | None:
         """The trainer's epoch; for the first pass after a restore, the checkpoint's (Lightning creates that
@@ -151,27 +155,28 @@ class OFADataModule(pl.LightningDataModule):
 
     def _eval_loaders(self, split: str) -> list[ShardLoader]:
         loaders = []
-        for i, td in enumerate(self.task_data):
+        for i, source in enumerate(self.sources):
             if (i, split) in self._urls:
-                source = Source(td.task, self._urls[(i, split)])
-                stream = EvalStream(source, split, self._stream_config(self.eval_batch_size), self._new_counter(split))
+                stream = EvalStream(Source(source.task, self._urls[(i, split)]), split,
+                                    self._stream_config(self.eval_batch_size), self._new_counter(split))
                 loaders.append(self._loader(stream))
         return loaders
 
     def _loader(self, stream: TrainStream | EvalStream, epoch_fn: Any = None) -> ShardLoader:
-        workers = self.num_workers
-        return ShardLoader(stream, epoch_fn=epoch_fn or self._trainer_epoch, num_workers=workers, pin_memory=self.pin_memory,
-                           persistent_workers=self.persistent_workers and workers > 0)
+        workers = self.loader.num_workers
+        return ShardLoader(stream, epoch_fn=epoch_fn or self._trainer_epoch, num_workers=workers,
+                           pin_memory=self.loader.pin_memory,
+                           persistent_workers=self.loader.persistent_workers and workers > 0)
 
     def _stream_config(self, batch_size: int) -> StreamConfig:
         rank, world_size = self._rank_world()
-        return StreamConfig(batch_size=batch_size, pad_id=self.pad_id, seed=self.seed, rank=rank,
-                            world_size=world_size, max_image_pixels=self.max_image_pixels,
-                            shuffle_buffer=self.shuffle_buffer)
+        return StreamConfig(batch_size=batch_size, pad_id=self.pad_id, seed=self.loader.seed, rank=rank,
+                            world_size=world_size, max_image_pixels=self.loader.max_image_pixels,
+                            shuffle_buffer=self.loader.shuffle_buffer)
 
     def _rank_world(self) -> tuple[int, int]:
-        if self.rank is not None or self.world_size is not None:
-            rank, world = self.rank or 0, self.world_size or 1
+        if self.loader.rank is not None or self.loader.world_size is not None:
+            rank, world = self.loader.rank or 0, self.loader.world_size or 1
         elif self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
         elif dist.is_available() and dist.is_initialized():
@@ -187,7 +192,7 @@ class OFADataModule(pl.LightningDataModule):
 
     # ---- skip counts -------------------------------------------------------------------------------
     def _new_counter(self, split: str) -> SkipCounter:
-        counter = SkipCounter(self.num_workers)
+        counter = SkipCounter(self.loader.num_workers)
         self._counters[split].append(counter)
         return counter
 

@@ -7,7 +7,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from ofa.datamodules.datamodule import OFADataModule, TaskData
+from ofa.datamodules.datamodule import LoaderConfig, OFADataModule, TaskSource, build_sources
 
 
 def ids_of(loader) -> list[list[str]]:
@@ -16,8 +16,8 @@ def ids_of(loader) -> list[list[str]]:
 
 def caption_dm(stub_task, shards: dict[str, str], **kwargs) -> OFADataModule:
     args = dict(batch_size=4, num_workers=0, batches_per_epoch=5, shuffle_buffer=16, seed=7)
-    return OFADataModule(stub_task(), train_shards=shards["train"], val_shards=shards["val"],
-                         test_shards=shards["test"], **{**args, **kwargs})
+    source = TaskSource(stub_task(), train_shards=shards["train"], val_shards=shards["val"], test_shards=shards["test"])
+    return OFADataModule([source], LoaderConfig(**{**args, **kwargs}))
 
 
 def test_train_loaders_of_two_ranks_yield_equal_batch_counts(stub_task, synthetic_shards) -> None:
@@ -42,9 +42,9 @@ def test_each_epoch_reshuffles_reproducibly(stub_task, synthetic_shards) -> None
 
 
 def test_mixture_frequencies_follow_the_weights(stub_task, synthetic_shards) -> None:
-    mixture = [(stub_task("caption"), synthetic_shards["train"], 3.0),
-               TaskData(stub_task("classify", field="label"), synthetic_shards["train"], weight=1.0)]
-    dm = OFADataModule(mixture=mixture, batch_size=16, num_workers=0, batches_per_epoch=50, shuffle_buffer=16)
+    mixture = [TaskSource(stub_task("caption"), synthetic_shards["train"], weight=3.0),
+               TaskSource(stub_task("classify", field="label"), synthetic_shards["train"], weight=1.0)]
+    dm = OFADataModule(mixture, LoaderConfig(batch_size=16, num_workers=0, batches_per_epoch=50, shuffle_buffer=16))
     tasks = Counter(t for batch in dm.train_dataloader() for t in batch["task"])
     assert sum(tasks.values()) == 800
     assert tasks["caption"] / 800 == pytest.approx(0.75, abs=0.06)  # 4 standard deviations
@@ -52,10 +52,10 @@ def test_mixture_frequencies_follow_the_weights(stub_task, synthetic_shards) -> 
 
 def test_evaluation_gives_one_loader_per_task(stub_task, synthetic_shards) -> None:
     tasks = {"caption": stub_task("caption"), "classify": stub_task("classify", field="label")}
-    mixture = [{"task": "caption", "train_shards": synthetic_shards["train"], "val_shards": synthetic_shards["val"]},
-               {"task": "classify", "train_shards": synthetic_shards["train"], "val_shards": synthetic_shards["val"],
-                "test_shards": synthetic_shards["test"]}]
-    dm = OFADataModule(mixture=mixture, tasks=tasks, batch_size=4, eval_batch_size=5, num_workers=0)
+    shared = {"train_shards": synthetic_shards["train"], "val_shards": synthetic_shards["val"]}
+    entries = {"caption": {}, "classify": {"test_shards": synthetic_shards["test"]}}  # as data.sources
+    dm = OFADataModule(build_sources(entries, tasks, defaults=shared),
+                       LoaderConfig(batch_size=4, eval_batch_size=5, num_workers=0))
     val = dm.val_dataloader()
     assert dm.eval_task_names("val") == ["caption", "classify"] and dm.eval_task_names("test") == ["classify"]
     for name, loader in zip(dm.eval_task_names("val"), val):
@@ -67,26 +67,30 @@ def test_evaluation_gives_one_loader_per_task(stub_task, synthetic_shards) -> No
 
 
 def test_bad_configuration_gives_clear_errors(stub_task, synthetic_shards) -> None:
-    with pytest.raises(ValueError, match="either `task`"):
-        OFADataModule()
+    with pytest.raises(ValueError, match="non-empty list of TaskSource"):
+        OFADataModule([])
     with pytest.raises(ValueError, match="unknown task 'vqa'"):
-        OFADataModule(mixture=[{"task": "vqa", "train_shards": synthetic_shards["train"]}], tasks={})
+        build_sources({"vqa": {"train_shards": synthetic_shards["train"]}}, tasks={})
     with pytest.raises(ValueError, match="unknown keys"):
-        OFADataModule(mixture=[{"task": stub_task(), "shards": synthetic_shards["train"]}])
+        build_sources({"caption": {"shards": synthetic_shards["train"]}}, tasks={"caption": stub_task()})
     with pytest.raises(ValueError, match="matches no files"):
-        OFADataModule(stub_task(), train_shards="/nonexistent/train-*.tar")
+        OFADataModule([TaskSource(stub_task(), train_shards="/nonexistent/train-*.tar")])
     with pytest.raises(ValueError, match="no train_shards"):
-        OFADataModule(stub_task(), val_shards=synthetic_shards["val"]).train_dataloader()
+        OFADataModule([TaskSource(stub_task(), val_shards=synthetic_shards["val"])]).train_dataloader()
     with pytest.raises(ValueError, match="weights must be > 0"):
-        OFADataModule(mixture=[(stub_task(), synthetic_shards["train"], 0.0)]).train_dataloader()
+        OFADataModule([TaskSource(stub_task(), synthetic_shards["train"], weight=0.0)]).train_dataloader()
+    with pytest.raises(ValueError, match="batch sizes >= 1"):
+        LoaderConfig(batch_size=0)
 
 
 def test_training_data_that_is_all_bad_fails_loudly_instead_of_hanging(stub_task, synthetic_shards,
                                                                       tmp_path) -> None:
-    dm = OFADataModule(stub_task(), train_shards=str(tmp_path / "missing.tar"), num_workers=0)
+    missing = TaskSource(stub_task(), train_shards=str(tmp_path / "missing.tar"))
+    dm = OFADataModule([missing], LoaderConfig(num_workers=0))
     with pytest.raises(RuntimeError, match="consecutive shards gave no samples"):
         next(iter(dm.train_dataloader()))
-    dm = OFADataModule(stub_task("vqa", field="no_such_field"), train_shards=synthetic_shards["train"], num_workers=0)
+    dm = OFADataModule([TaskSource(stub_task("vqa", field="no_such_field"), train_shards=synthetic_shards["train"])],
+                       LoaderConfig(num_workers=0))
     with pytest.raises(RuntimeError, match="for task 'vqa': 1000 consecutive samples were skipped"):
         next(iter(dm.train_dataloader()))
     assert dm.skip_counts("train")["missing_fields"] == 1000

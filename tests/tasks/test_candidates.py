@@ -173,7 +173,7 @@ def test_mixture_fit_mixes_tasks_per_sample_and_logs_each_task(tokenizer, synthe
     closed-set tasks share batches with caption samples (no mask), and every task logs its own metrics."""
     import pytorch_lightning as pl
 
-    from ofa.datamodules.datamodule import OFADataModule
+    from ofa.datamodules.datamodule import LoaderConfig, OFADataModule, TaskSource
     from ofa.lit_module import OFALitModule
     from ofa.modules.config import OFAConfig
     from ofa.tasks.caption import CaptionConfig, CaptionTask
@@ -190,10 +190,9 @@ def test_mixture_fit_mixes_tasks_per_sample_and_logs_each_task(tokenizer, synthe
              "snli_ve": SNLIVETask(tokenizer, SNLIVEConfig(image_size=size)),
              "image_classify": ImageClassifyTask(tokenizer, ImageClassifyConfig(
                  image_size=size, classes_file=str(d / "classes.json")))}
-    mixture = [{"task": name, "train_shards": str(d / "train-*.tar"), "val_shards": str(d / "val-*.tar")}
-               for name in tasks]
-    dm = OFADataModule(mixture=mixture, tasks=tasks, batch_size=10, eval_batch_size=8, num_workers=0,
-                       batches_per_epoch=2)
+    mixture = [TaskSource(task, train_shards=str(d / "train-*.tar"), val_shards=str(d / "val-*.tar"))
+               for task in tasks.values()]
+    dm = OFADataModule(mixture, LoaderConfig(batch_size=10, eval_batch_size=8, num_workers=0, batches_per_epoch=2))
     batch = next(iter(dm.train_dataloader()))
     assert len(set(batch["task"])) > 1 and batch["constraint_masks"].shape[:2] == batch["target"].shape
     torch.manual_seed(0)
