@@ -14,9 +14,13 @@ import hydra  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from ofa import factory, fault  # noqa: E402
+from ofa import factory  # noqa: E402
+from ofa.checkpoint_io import resolve_ckpt_path  # noqa: E402
+from ofa.datamodules.shards import check_shards  # noqa: E402
 from ofa.schemas import monitor_key, register_schemas  # noqa: E402
-from ofa.utils.config_errors import exit_on_config_error  # noqa: E402
+from ofa.tasks import Task  # noqa: E402
+from ofa.tokenizer import OFATokenizer  # noqa: E402
+from ofa.utils.config_errors import exit_on_config_error, exit_on_fault  # noqa: E402
 from ofa.utils.report import collect_metrics, format_table, rank_summary, write_metrics_json  # noqa: E402
 from ofa.utils.wandb import default_offline  # noqa: E402
 
@@ -36,15 +40,24 @@ def run_stage(cfg: DictConfig, trainer: pl.Trainer, module: pl.LightningModule, 
     return collect_metrics(trainer.callback_metrics)
 
 
+def check_tasks(cfg: DictConfig, tasks: dict[str, Task], tokenizer: OFATokenizer) -> None:
+    """Refuse impossible model/task/tokenizer combinations before any work, naming the task's config key
+    (`task.image_size=...`; in a mixture `task.tasks.<name>.image_size=...`)."""
+    model_cfg = factory.typed(cfg.model)
+    for name, task in tasks.items():
+        task.check(model_cfg, tokenizer, prefix=f"task.tasks.{name}" if cfg.task.get("tasks") else "task")
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@fault.exit_on_fault()  # inside the job, so Hydra adds no "Error executing job" report
+@exit_on_fault()  # inside the job, so Hydra adds no "Error executing job" report
 def main(cfg: DictConfig) -> float | None:
     pl.seed_everything(cfg.seed, workers=True)
-    cfg.ckpt_path = fault.resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)  # `last`: this run name's newest
+    cfg.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)  # `last`: this run name's newest
     factory.prepare_data_dir(cfg.data)
     tokenizer = factory.build_tokenizer_from(cfg.tokenizer)
-    fault.check_run(cfg, tokenizer)  # missing shards, impossible model/task/tokenizer combinations
     tasks = factory.build_tasks(cfg.task, tokenizer)
+    check_shards(cfg.data, tasks)  # a shard pattern without any file
+    check_tasks(cfg, tasks, tokenizer)  # e.g. images larger than the model's patch grid
     datamodule = factory.build_datamodule(cfg.data, tasks)
     module = factory.build_lit_module(cfg, tasks, tokenizer)
     logger = factory.build_logger(cfg.logger)
@@ -62,5 +75,5 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     default_offline()
     register_schemas()
-    with exit_on_config_error(), fault.exit_on_fault():
+    with exit_on_config_error(), exit_on_fault():
         main()

@@ -4,7 +4,8 @@ Our module names are fairseq's (spec §6.2), so a fairseq state dict maps 1:1; t
 in a few per-layer names (spec §6.3). Formats:
 
 - `fairseq`: a `.pt` dict with `model`, `cfg` (OmegaConf) or `args` (Namespace), optional
-  `extra_state["ema"]`. Unpickled with `weights_only=True`; only argparse / OmegaConf classes are allowed.
+  `extra_state["ema"]`. Unpickled by `ofa.safe_load.safe_torch_load`: only argparse / OmegaConf classes
+  are allowed.
 - `hf`: a directory (or weights file) with `config.json` and `pytorch_model.bin` or `model.safetensors`.
 - `platform`: a directory with `model.safetensors` (fairseq names, tied embedding stored once) and
   `ofa_config.json` (`OFAConfig` fields).
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ofa.modules.config import PRESETS, OFAConfig
 from ofa.modules.model import OFAModel
+from ofa.safe_load import CheckpointError, safe_torch_load
 
 PLATFORM_CONFIG, PLATFORM_WEIGHTS = "ofa_config.json", "model.safetensors"
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -42,10 +43,6 @@ _LAYER_RENAMES = [("encoder", "attn_ln", "self_attn_mid_layer_norm"),
                   ("(?:en|de)coder", "ffn_layernorm", "ffn_layer_norm")]
 _FS_TO_HF = [(rf"^({side}\.layers\.\d+)\.{fs}\.", rf"\1.{hf}.") for side, fs, hf in _LAYER_RENAMES]
 _HF_TO_FS = [(rf"^({side}\.layers\.\d+)\.{hf}\.", rf"\1.{fs}.") for side, fs, hf in _LAYER_RENAMES]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model."""
 
 
 @dataclass
@@ -161,67 +158,6 @@ def _plain(obj) -> dict:
         return OmegaConf.to_container(obj, resolve=True)
     except Exception:  # noqa: BLE001 - an interpolation pointing outside the saved config
         return OmegaConf.to_container(obj, resolve=False)
-
-
-# ------------------------------------------------------------------------------------------ safe unpickling
-def _safe_globals() -> list:
-    """The only non-tensor classes a fairseq checkpoint may contain: argparse and OmegaConf containers."""
-    import collections
-    import typing
-
-    from omegaconf import DictConfig, ListConfig, nodes
-    from omegaconf.base import ContainerMetadata, Metadata
-
-    return [argparse.Namespace, DictConfig, ListConfig, ContainerMetadata, Metadata, nodes.AnyNode,
-            nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode, typing.Any,
-            collections.defaultdict, dict, list, tuple, int, float, str, bool]
-
-
-def _global_name(obj) -> str:
-    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', getattr(obj, '__name__', obj))}"
-
-
-def _pickle_globals(path: str | Path) -> list[str]:
-    """Names of the globals a checkpoint's pickle refers to, read without unpickling anything."""
-    import pickletools
-    import zipfile
-
-    if zipfile.is_zipfile(path):
-        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    names, strings = [], []
-    with open(path, "rb") as f:
-        for _ in range(4):  # legacy torch.save: magic number, protocol, sys info, then the object
-            try:
-                for op, arg, _ in pickletools.genops(f):
-                    if op.name == "GLOBAL":
-                        names.append(arg.replace(" ", "."))
-                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                        names.append(".".join(strings[-2:]))
-                    elif isinstance(arg, str):
-                        strings.append(arg)
-            except Exception:  # noqa: BLE001 - raw storage bytes follow the pickles
-                break
-    return list(dict.fromkeys(names))
-
-
-def safe_torch_load(path: str | Path):
-    """`torch.load(weights_only=True)` allowing only `_safe_globals()`; anything else is refused, unrun."""
-    allowed = _safe_globals()
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        ok = {_global_name(g) for g in allowed}
-        try:
-            bad = [g for g in _pickle_globals(path) if g not in ok]
-        except Exception:  # noqa: BLE001 - only used to name the culprit
-            bad = []
-        if not bad:
-            raise CheckpointError(f"{path}: not a loadable checkpoint (unsupported or corrupt pickle)") from None
-        raise CheckpointError(f"{path}: refusing to unpickle {', '.join(bad)} (only tensors, "
-                              "argparse.Namespace and OmegaConf configs are allowed)") from None
-    except (OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
 
 
 # ------------------------------------------------------------------------------------------------- readers

@@ -10,9 +10,10 @@ import pytorch_lightning as pl
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ofa.callbacks import RNGStateCallback
+from ofa.checkpoint_io import AtomicCheckpointIO
 from ofa.datamodules.datamodule import SHARD_KEYS, LoaderConfig, OFADataModule, build_sources
 from ofa.datamodules.synthetic import ensure_synthetic_dataset
-from ofa.fault import AtomicCheckpointIO, RNGStateCallback
 from ofa.lit_module import OFALitModule
 from ofa.schemas import task_config_class
 from ofa.tasks import TASKS, Task
@@ -107,7 +108,8 @@ def build_strategy(strategy: Any) -> Any:
 
 
 def build_trainer(trainer_cfg: DictConfig, logger: Any, callbacks: list[pl.Callback]) -> pl.Trainer:
-    """Always with atomic, weights_only checkpoint IO and RNG states in checkpoints (ofa/fault.py)."""
+    """Always with atomic, weights_only checkpoint IO (`ofa.checkpoint_io`) and RNG states in checkpoints
+    (`ofa.callbacks.RNGStateCallback`)."""
     kwargs = plain(trainer_cfg)
     kwargs["strategy"] = build_strategy(trainer_cfg.strategy)
     io = AtomicCheckpointIO()

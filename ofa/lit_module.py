@@ -10,10 +10,13 @@
   `init_from` loads pretrained weights there (fine-tuning), `ckpt_path` resumes everything else.
 - Options: frozen token embeddings (OFA's caption/VQA recipes; tied, so the output projection too) and
   an EMA of the weights used for evaluation and stored in the checkpoint (`checkpoint["ema"]`).
+- Non-finite guard: a step whose loss or any gradient is NaN/inf on any rank is skipped and counted
+  (`train/nonfinite_skipped`); `max_nonfinite_steps` of them in a row raise `NonFiniteError`.
 """
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +28,26 @@ from ofa.modules.config import OFAConfig
 from ofa.modules.model import OFAModel
 from ofa.tasks.base import Task
 from ofa.tasks.losses import LossConfig, label_smoothed_cross_entropy
-from ofa.fault import NonFiniteError, nonfinite_step
 from ofa.utils.ema import EMA
 from ofa.utils.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler
 from ofa.utils.wandb import is_wandb_logger, log_prediction_table
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient (train.py: one line, exit 3)."""
+
+
+def nonfinite_step(loss: Tensor | None, params: Iterator[nn.Parameter], strategy: Any) -> bool:
+    """True on every rank if any rank's loss or any gradient is NaN/inf (max-abs norms cannot overflow)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    flags = [torch.zeros((), device=grads[0].device if grads else "cpu")]
+    if loss is not None:
+        flags.append((~torch.isfinite(loss.detach())).any().float().to(flags[0].device))
+    if grads:
+        norms = torch.stack(torch._foreach_norm(grads, float("inf")))
+        flags.append((~torch.isfinite(norms)).any().float())
+    bad = torch.stack(flags).sum()
+    return bool(strategy.reduce(bad, reduce_op="sum") > 0)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
 from omegaconf import MISSING, OmegaConf
 
+from ofa.callbacks import CALLBACKS, LIGHTNING_CALLBACKS
 from ofa.lit_module import ModuleConfig
 from ofa.modules.config import PRESETS, OFAConfig
 from ofa.tasks import TASKS, Task, TaskConfig
@@ -41,17 +42,6 @@ LOGGERS = {
 }
 WANDB_EXTRA = {"tags": Optional[list[str]], "group": Optional[str], "entity": Optional[str],
                "job_type": Optional[str], "notes": Optional[str], "mode": Optional[str]}  # wandb.init kwargs
-CALLBACKS = {
-    "model_checkpoint": "pytorch_lightning.callbacks.ModelCheckpoint",
-    "step_checkpoint": "pytorch_lightning.callbacks.ModelCheckpoint",
-    "early_stopping": "pytorch_lightning.callbacks.EarlyStopping",
-    "lr_monitor": "pytorch_lightning.callbacks.LearningRateMonitor",
-    "progress_bar": "pytorch_lightning.callbacks.TQDMProgressBar",
-    "rich_progress_bar": "pytorch_lightning.callbacks.RichProgressBar",
-    "model_summary": "pytorch_lightning.callbacks.ModelSummary",
-    "throughput": "ofa.utils.callbacks.ThroughputLogger",
-    "data_skips": "ofa.callbacks.DataSkipLogger",
-}
 
 
 # ------------------------------------------------------------------------------ derivation helpers
@@ -166,10 +156,12 @@ class TrainSchema:
 
 
 def callbacks_schema() -> type:
-    """Every known callback as an optional, signature-typed field; an option sets the ones it uses."""
+    """Every callback of `ofa.callbacks` (`LIGHTNING_CALLBACKS`, then the platform's `CALLBACKS`) as an
+    optional, signature-typed field; an option sets the ones it uses."""
     fields = []
-    for key, target in CALLBACKS.items():
-        schema = signature_schema(get_class(target).__init__, f"{key.title().replace('_', '')}Schema", target)
+    for key, cls in {**LIGHTNING_CALLBACKS, **CALLBACKS}.items():
+        target = f"{cls.__module__}.{cls.__qualname__}"
+        schema = signature_schema(cls.__init__, f"{key.title().replace('_', '')}Schema", target)
         fields.append((key, Optional[schema], field(default=None)))
     return dataclasses.make_dataclass("CallbacksSchema", fields)
 

@@ -1,10 +1,9 @@
-"""ofa.checkpoint: fairseq / HF-port / platform round trips, safe unpickling, strict loading."""
+"""ofa.checkpoint: fairseq / HF-port / platform round trips, strict loading (safe unpickling: test_safe_load.py)."""
 
 from __future__ import annotations
 
 import argparse
 import pathlib
-import pickle
 
 import pytest
 import torch
@@ -104,33 +103,6 @@ def test_cli_convert_both_formats(fairseq_pt, tmp_path):
     assert ck.main(["convert", str(tmp_path / "hf"), str(tmp_path / "plat")]) == 0
     expected = {k: v for k, v in ema.items() if k not in ck.TIED_KEYS[1:]}  # platform stores the tie once
     same_weights(ck.read_checkpoint(tmp_path / "plat").state_dict, expected)
-
-
-class Touch:
-    """Unpickling this would create a file."""
-
-    def __init__(self, target: pathlib.Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return pathlib.Path.touch, (self.target,)
-
-
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-def test_malicious_checkpoint_is_refused_without_running(tmp_path):
-    target = tmp_path / "pwned"
-    bad = tmp_path / "evil.pt"
-    torch.save({"model": {}, "cfg": None, "extra": Touch(target)}, bad)
-    with pytest.raises(ck.CheckpointError) as err:
-        ck.read_checkpoint(bad)
-    message = str(err.value)
-    assert "\n" not in message and str(bad) in message and "pathlib" in message
-    assert not target.exists()
-    with open(tmp_path / "legacy.pt", "wb") as f:  # a plain (non-zip) pickle is refused too
-        pickle.dump({"model": Touch(target)}, f)
-    with pytest.raises(ck.CheckpointError, match="legacy.pt"):
-        ck.read_checkpoint(tmp_path / "legacy.pt")
-    assert not target.exists()
 
 
 def test_missing_keys_raise_unless_not_strict(fairseq_pt):

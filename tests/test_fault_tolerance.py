@@ -1,6 +1,7 @@
-"""Fault tolerance (ofa/fault.py): atomic checkpoint writes, unsafe checkpoints refused without running
-anything (in-process and through train.py's ckpt_path / init_from), non-finite steps skipped and counted
-or the run stopped, and impossible configurations refused before any work, on one line."""
+"""Fault tolerance end to end: unsafe checkpoints refused without running anything through train.py's
+ckpt_path / init_from, non-finite steps skipped and counted or the run stopped (`ofa.lit_module`), and
+impossible configurations refused before any work, on one line (`Task.check`, `check_shards`).
+Checkpoint files themselves: test_checkpoint_io.py and test_safe_load.py."""
 from __future__ import annotations
 
 import os
@@ -13,68 +14,17 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from ofa.checkpoint import CheckpointError
-from ofa.fault import AtomicCheckpointIO, NonFiniteError, RunConfigError, check_run, resolve_ckpt_path
+from ofa.datamodules.shards import check_shards
+from ofa.errors import RunConfigError
+from ofa.factory import build_task
+from ofa.lit_module import NonFiniteError
+from ofa.modules.config import OFAConfig
+from ofa.schemas import task_schema
+from ofa.tasks import TASKS, Task
+from test_checkpoint_io import evil_checkpoint
 from test_lit_module import make_dm, make_module
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Evil:
-    """Unpickling this creates the file `path` (stands for arbitrary code execution)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return open, (self.path, "w")
-
-
-def evil_checkpoint(tmp_path: Path, marker: Path, name: str) -> Path:
-    path = tmp_path / name
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Evil(marker)}, path)
-    assert not marker.exists()
-    return path
-
-
-# ------------------------------------------------------------------------------ checkpoint files
-def test_atomic_save_never_leaves_a_partial_file(tmp_path: Path, monkeypatch) -> None:
-    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
-    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
-    assert io.load_checkpoint(path)["global_step"] == 1
-
-    def crash(obj, f, *args, **kwargs):
-        f.write(b"half a checkpoint")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
-        io.save_checkpoint({"global_step": 2}, path)
-    monkeypatch.undo()
-    assert io.load_checkpoint(path)["global_step"] == 1  # the previous checkpoint is intact
-    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temp file left
-
-
-def test_unsafe_checkpoint_is_refused_and_nothing_runs(tmp_path: Path) -> None:
-    marker = tmp_path / "pwned"
-    path = evil_checkpoint(tmp_path, marker, "evil.ckpt")
-    with pytest.raises(CheckpointError, match="refusing to unpickle io.open"):
-        AtomicCheckpointIO().load_checkpoint(path, weights_only=False)  # weights_only=False is not honoured
-    assert not marker.exists()
-
-
-def test_ckpt_path_last_finds_the_newest_run_of_the_name(tmp_path: Path) -> None:
-    old, new = tmp_path / "a" / "checkpoints" / "last.ckpt", tmp_path / "b" / "checkpoints" / "last.ckpt"
-    for i, p in enumerate((old, new)):
-        p.parent.mkdir(parents=True)
-        p.write_bytes(b"x")
-        os.utime(p, (1000 + i, 1000 + i))
-    assert resolve_ckpt_path("last", tmp_path / "c") == str(new)
-    assert resolve_ckpt_path(str(old), tmp_path / "c") == str(old)
-    with pytest.raises(RunConfigError, match="no checkpoint matches"):
-        resolve_ckpt_path("last", tmp_path / "nothing" / "run")
-    with pytest.raises(RunConfigError, match="no such file"):
-        resolve_ckpt_path(str(tmp_path / "missing.ckpt"), tmp_path / "c")
 
 
 def run_train(args: list[str]) -> subprocess.CompletedProcess:
@@ -147,33 +97,52 @@ def test_too_many_nonfinite_steps_in_a_row_stop_the_run(tokenizer, synthetic_sha
 
 
 # ------------------------------------------------------------------------------ configurations
-def run_cfg(data_dir: Path, **overrides) -> OmegaConf:
-    cfg = OmegaConf.create({
-        "data": {"train_shards": f"{data_dir}/train-*.tar", "val_shards": None, "test_shards": None},
-        "task": {"name": "caption", "image_size": 32, "max_tgt_length": 20, "max_src_length": 80,
-                 "generation": {"max_len_b": 16}},
-        "model": {"image_bucket_size": 42, "max_target_positions": 1024, "max_source_positions": 1024}})
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value)
-    return cfg
-
-
 class NoBins:
     num_bins = 0
 
 
-@pytest.mark.parametrize("overrides, tokenizer, needle", [
-    ({"task.image_size": 1024}, None, "task.image_size=1024 gives a 64x64 patch grid but model.image_bucket_size=42"),
-    ({"task.max_tgt_length": 1023}, None, "task.max_tgt_length=1023 (+2 special tokens) exceeds model.max_target"),
-    ({"task.generation.max_len_b": 2000}, None, "task.generation.max_len_b=2000 exceeds model.max_target_positions"),
-    ({"task.name": "grounding"}, NoBins(), "grounding needs <bin_i> location tokens but the tokenizer has 0"),
-    ({"data.val_shards": "/nowhere/val-{0..3}.tar"}, None, "data.val_shards=/nowhere/val-{0..3}.tar: 4 of 4 shard"),
-    ({"data.test_shards": "/nowhere/test-*.tar"}, None, "data.test_shards=/nowhere/test-*.tar: shard pattern"),
+def small_task(tokenizer, name: str = "caption", **overrides) -> Task:
+    """A task built from its schema as train.py builds it (32-pixel images, short texts), plus `overrides`."""
+    node = OmegaConf.structured(task_schema(name, TASKS[name]))
+    settings = {"image_size": 32, "max_tgt_length": 20, "max_src_length": 80, "generation.max_len_b": 16}
+    for key, value in {**settings, **overrides}.items():
+        OmegaConf.update(node, key, value)
+    return build_task(node, tokenizer)
+
+
+@pytest.mark.parametrize("name, overrides, no_bins, needle", [
+    ("caption", {"image_size": 1024}, False,
+     "task.image_size=1024 gives a 64x64 patch grid but model.image_bucket_size=42"),
+    ("caption", {"max_tgt_length": 1023}, False,
+     "task.max_tgt_length=1023 (+2 special tokens) exceeds model.max_target"),
+    ("caption", {"generation.max_len_b": 2000}, False,
+     "task.generation.max_len_b=2000 exceeds model.max_target_positions"),
+    ("grounding", {}, True, "task: grounding needs <bin_i> location tokens but the tokenizer has 0"),
 ])
-def test_impossible_configurations_are_named(overrides, tokenizer, needle, synthetic_data_dir: Path) -> None:
-    check_run(run_cfg(synthetic_data_dir), object())  # the baseline passes
+def test_impossible_task_configurations_are_named(name, overrides, no_bins, needle, tokenizer) -> None:
+    model_cfg = OFAConfig(image_bucket_size=42, max_target_positions=1024, max_source_positions=1024)
+    small_task(tokenizer, name).check(model_cfg, tokenizer)  # the baseline passes
     with pytest.raises(RunConfigError) as err:
-        check_run(run_cfg(synthetic_data_dir, **overrides), tokenizer or object())
+        small_task(tokenizer, name, **overrides).check(model_cfg, NoBins() if no_bins else tokenizer)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("key, pattern, needle", [
+    ("val_shards", "/nowhere/val-{0..3}.tar", "data.val_shards=/nowhere/val-{0..3}.tar: 4 of 4 shard"),
+    ("test_shards", "/nowhere/test-*.tar", "data.test_shards=/nowhere/test-*.tar: shard pattern"),
+    ("sources.vqa.train_shards", "/nowhere/vqa-{0..1}.tar",
+     "data.sources.vqa.train_shards=/nowhere/vqa-{0..1}.tar: 2 of 2 shard"),  # a source's own pattern
+])
+def test_missing_shards_are_named(key: str, pattern: str, needle: str, synthetic_data_dir: Path) -> None:
+    data = OmegaConf.create({"train_shards": f"{synthetic_data_dir}/train-*.tar", "val_shards": None,
+                             "test_shards": "/nowhere/unread-*.tar",  # every task names its own
+                             "sources": {"caption": {"test_shards": None}, "vqa": {"test_shards": None}}})
+    check_shards(data, ["caption", "vqa"])  # the baseline passes
+    OmegaConf.update(data, key, pattern)
+    if key == "test_shards":
+        data.sources.caption = {}  # now read from the shared pattern
+    with pytest.raises(RunConfigError) as err:
+        check_shards(data, ["caption", "vqa"])
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 

@@ -10,9 +10,10 @@ import glob
 import io
 import json
 import logging
+import os
 import tarfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import braceexpand
@@ -21,6 +22,9 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import get_worker_info
 from webdataset.tariterators import base_plus_ext
+
+from ofa.errors import RunConfigError
+from ofa.utils.logging import get_logger
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,46 @@ def expand_shards(patterns: Shards) -> list[str]:
     if not urls:
         raise ValueError(f"no shards in {patterns!r}")
     return urls
+
+
+SHARD_KEYS = ("train_shards", "val_shards", "test_shards")
+
+
+def shard_patterns_read(data: Any, task_names: Iterable[str]) -> dict[str, Any]:
+    """Config key -> pattern of every shard pattern the tasks' sources read: a task's own
+    (`data.sources.<task>.<key>`, null = no such split) or else the shared one (`data.<key>`), each once."""
+    sources = data.get("sources") or {}
+    found: dict[str, Any] = {}
+    for name in task_names:
+        entry = sources.get(name) or {}
+        for key in SHARD_KEYS:
+            if key in entry and entry.get(key) != data.get(key):  # schema-typed entries inherit the shared one
+                found[f"data.sources.{name}.{key}"] = entry.get(key)
+            else:
+                found.setdefault(f"data.{key}", data.get(key))
+    return found
+
+
+def check_shards(data: Any, task_names: Iterable[str]) -> None:
+    """Before any work: a shard pattern read by the tasks' sources none of whose local files exist raises
+    `RunConfigError` naming its key; some missing ones are only warned about (they are skipped and counted
+    while reading). Remote and `pipe:` URLs are not checked."""
+    check_log = get_logger(f"{__name__}.check")  # rank 0 only: every rank runs the same check
+    for key, pattern in shard_patterns_read(data, task_names).items():
+        if not pattern:
+            continue
+        try:
+            urls = expand_shards(pattern)
+        except ValueError as err:
+            raise RunConfigError(f"{key}={pattern}: {err}") from None
+        local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+        missing = [u for u in local if not os.path.exists(u)]
+        if missing and len(missing) < len(local):  # some exist: read the rest, skip and count these
+            check_log.warning("%s: %d of %d shard files do not exist, e.g. %s", key, len(missing), len(urls),
+                              missing[0])
+        elif missing:
+            raise RunConfigError(f"{key}={pattern}: {len(missing)} of {len(urls)} shard files do not exist, "
+                                 f"e.g. {missing[0]}")
 
 
 # ---- reading ---------------------------------------------------------------------------------------

@@ -1,1 +1,1 @@
-"""Training utilities: optimiser/schedule, EMA, callbacks, config errors, metric reports, W&B helpers."""
+"""Training utilities: optimiser/schedule, EMA, config errors, metric reports, W&B helpers."""

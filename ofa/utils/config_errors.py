@@ -1,8 +1,12 @@
-"""One clean line for a bad config (typo'd key, wrong type, unknown group option) instead of a traceback.
+"""One clean line instead of a traceback for the errors that end a run before (or instead of) training.
 
-Hydra prints composition errors over several lines and exits with 1; `exit_on_config_error` makes them
-propagate (HYDRA_FULL_ERROR=1 inside the block), prints `config error: ...` once and exits with 2.
-Errors that are not about the config keep their full traceback.
+- `exit_on_config_error`: a bad config (typo'd key, wrong type, unknown group option). Hydra prints
+  composition errors over several lines and exits with 1; this makes them propagate (HYDRA_FULL_ERROR=1
+  inside the block), prints `config error: ...` once and exits with 2.
+- `exit_on_fault`: the run's own checks (`RunConfigError`: missing shards, impossible model/task/tokenizer
+  combinations, `ckpt_path`), unreadable or unsafe checkpoints (`CheckpointError`), and a run stopped by
+  non-finite losses (`NonFiniteError`).
+Errors that are not about the config or the checkpoints keep their full traceback.
 """
 from __future__ import annotations
 
@@ -14,6 +18,9 @@ from contextlib import contextmanager
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
+
+from ofa.errors import RunConfigError
+from ofa.safe_load import CheckpointError
 
 CONFIG_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException,
                  OmegaConfBaseException)
@@ -70,3 +77,21 @@ def exit_on_config_error() -> Iterator[None]:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = previous
+
+
+@contextmanager
+def exit_on_fault() -> Iterator[None]:
+    """`config error: ...` / `checkpoint error: ...` (exit 2) or `error: ...` (exit 3) on one line."""
+    from ofa.lit_module import NonFiniteError  # here, so the config-error helpers import no model code
+
+    try:
+        yield
+    except RunConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(EXIT_CODE)
+    except CheckpointError as err:
+        print(f"checkpoint error: {err}", file=sys.stderr)
+        sys.exit(EXIT_CODE)
+    except NonFiniteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(3)

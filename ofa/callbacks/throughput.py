@@ -1,4 +1,4 @@
-"""Small Lightning callbacks of the platform."""
+"""`ThroughputLogger`: training speed in samples per second, all ranks together."""
 from __future__ import annotations
 
 import time
@@ -8,7 +8,8 @@ import pytorch_lightning as pl
 
 
 class ThroughputLogger(pl.Callback):
-    """Logs `train/samples_per_sec` (all ranks together) averaged over windows of `window` batches."""
+    """Logs `train/samples_per_sec` (all ranks together) averaged over windows of `window` batches; the
+    clock starts at the first batch of a window, so time spent in validation is never counted."""
 
     def __init__(self, window: int = 10) -> None:
         self.window = window
