@@ -14,6 +14,7 @@ from ofa.callbacks import RNGStateCallback
 from ofa.checkpoint_io import AtomicCheckpointIO
 from ofa.datamodules.datamodule import SHARD_KEYS, LoaderConfig, OFADataModule, build_sources
 from ofa.datamodules.synthetic import ensure_synthetic_dataset
+from ofa.errors import RunConfigError
 from ofa.lit_module import OFALitModule
 from ofa.schemas import task_config_class
 from ofa.tasks import TASKS, Task
@@ -63,14 +64,16 @@ def build_task(task_cfg: DictConfig, tokenizer: OFATokenizer) -> Task:
 
 
 def build_datamodule(data_cfg: DictConfig, tasks: dict[str, Task]) -> OFADataModule:
-    """One `TaskSource` per `data.sources` entry (task name -> weight and shards, which default to the shared
-    `data.*_shards`), with the built task objects; every other data key is a `LoaderConfig` field."""
+    """One `TaskSource` per built task: its `data.sources.<task>` entry (weight, shard overrides) if any, else
+    weight 1 and the shared `data.*_shards`; every other data key is a `LoaderConfig` field."""
     data = plain(data_cfg)
-    unread = [name for name in tasks if name not in (data.get("sources") or {})]
-    if unread:  # a task without data would never train
-        raise ValueError(f"data.sources has no entry for task(s) {unread}: add `<task>: {{}}` under data.sources "
-                         f"(or pick the task's data option, data=<task>)")
-    sources = build_sources(data["sources"], tasks, defaults={key: data.get(key) for key in SHARD_KEYS})
+    configured = data.get("sources") or {}
+    unknown = [name for name in configured if name not in tasks]
+    if unknown:
+        raise RunConfigError(f"data.sources has entries for task(s) {unknown} that this run does not build "
+                             f"(tasks: {sorted(tasks)}); pick the task's data option (data=<task>)")
+    entries = {name: configured.get(name) or {} for name in tasks}
+    sources = build_sources(entries, tasks, defaults={key: data.get(key) for key in SHARD_KEYS})
     loader = LoaderConfig(**{k: v for k, v in data.items() if k not in DATA_KEYS})
     return OFADataModule(sources, loader)
 

@@ -113,7 +113,6 @@ class OFALitModule(pl.LightningModule):
                 logits[rows], batch["target"][rows], epsilon=cfg.label_smoothing, pad=self.model_cfg.pad_token_id,
                 conf=batch["conf"][rows] if batch.get("conf") is not None else None,
                 constraint_masks=masks[rows] if masks is not None else None,
-                constraint_range=getattr(cfg, "constraint_range", None),
                 drop_worst_ratio=self.cfg.loss.drop_worst_ratio, drop_worst_after=self.cfg.loss.drop_worst_after,
                 update_num=self.global_step, ignore_prefix_size=self.cfg.loss.ignore_prefix_size)
         return out

@@ -69,6 +69,11 @@ class OFAConfig:
             raise ValueError(f"unknown resnet_type {self.resnet_type!r}; known: {sorted(RESNET_LAYERS)}")
 
     @property
+    def patch_stride(self) -> int:
+        """Pixels per image patch side: the total stride of ResNet stages 1-3 (stem 4 x 2 x 2)."""
+        return 16
+
+    @property
     def resnet_blocks(self) -> list[int]:
         """Bottleneck block counts of ResNet stages 1-3."""
         return list(self.resnet_layers) if self.resnet_layers is not None else RESNET_LAYERS[self.resnet_type]
