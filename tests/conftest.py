@@ -12,15 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-import torch
 
 from ofa.datamodules.synthetic import ensure_synthetic_dataset
-from ofa.tasks.base import Sample, Task, TaskConfig
 from ofa.tokenizer import OFATokenizer, build_tokenizer
+from stub_tasks import StubTask  # a module of its own: spawned DDP ranks unpickle it by name
 
 SYNTHETIC_TEST_CONFIG = dict(num_train=48, num_val=16, num_test=16, image_size=64, shard_size=8, vocab_size=500)
 
@@ -39,26 +36,6 @@ def synthetic_shards(synthetic_data_dir: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def tokenizer(synthetic_data_dir: Path) -> OFATokenizer:
     return build_tokenizer("trained", synthetic_data_dir)
-
-
-class StubTask(Task):
-    """Text of `field` (a list: first element, or a string) as target; image resized to `image_size`."""
-
-    def __init__(self, tokenizer: OFATokenizer, name: str = "caption", field: str = "captions",
-                 image_size: int = 16) -> None:
-        super().__init__(tokenizer, TaskConfig(image_size=image_size))
-        self.name, self.field = name, field
-
-    def preprocess(self, raw: dict[str, Any], split: str) -> Sample | None:
-        value = raw.get(self.field)
-        if not value or raw.get("image") is None:
-            return None
-        text = value if isinstance(value, str) else value[0]
-        size = self.cfg.image_size
-        pixels = np.asarray(raw["image"].resize((size, size)), dtype=np.float32)
-        return self.make_sample(raw, self.encode_text(" what does the image describe?", bos=True, eos=True),
-                                self.encode_text(" " + text), torch.from_numpy(pixels).permute(2, 0, 1) / 255.0,
-                                meta={"key": raw["__key__"], "text": text})
 
 
 @pytest.fixture(scope="session")

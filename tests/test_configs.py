@@ -170,8 +170,8 @@ def test_sweep_config(tmp_path: Path) -> None:
 def test_data_follows_task(tmp_path: Path) -> None:
     cfg = compose_cfg([], tmp_path)
     assert cfg.hydra.runtime.choices["data"] == cfg.hydra.runtime.choices["task"] == "mixture"
-    single = compose_cfg(["task=vqa"], tmp_path)
-    assert single.hydra.runtime.choices["data"] == "vqa"
+    single = compose_cfg(["task=vqa"], tmp_path)  # no data option of its own: the synthetic base alone
+    assert single.data.root == single.data.synthetic_dir and single.data.sources == {}
     other = compose_cfg(["data=coco_caption"], tmp_path)
     assert other.hydra.runtime.choices["data"] == "coco_caption"
 
