@@ -5,7 +5,6 @@ constructor signatures, so a misspelled key or a wrong type fails at composition
   arguments), `optim`, `schedule`, `module` (the lit module's dataclasses) and `trainer` (`pl.Trainer`).
 - Options whose shape depends on the choice name their schema first in their own defaults list:
   `task/<name>.yaml` -> `/schema/task/<name>` (the task's config dataclass + `name` + `monitor`),
-  `model/<name>.yaml` -> `/schema/model/<preset>` (`OFAConfig.from_preset(preset)`: sizes defined once),
   `data/*.yaml` -> `/schema/data/default`, `logger/<x>.yaml` -> `/schema/logger/<x>`,
   `callbacks/*.yaml` -> `/schema/callbacks/default`.
 `register_schemas()` must run before Hydra composes (train.py and the tests call it).
@@ -28,7 +27,7 @@ from omegaconf import MISSING, OmegaConf
 
 from ofa.callbacks import CALLBACKS, LIGHTNING_CALLBACKS
 from ofa.lit_module import ModuleConfig
-from ofa.modules.config import PRESETS, OFAConfig
+from ofa.modules.config import OFAConfig
 from ofa.tasks import TASKS, Task, TaskConfig
 from ofa.tokenizer import build_tokenizer
 from ofa.utils.optim import OptimConfig, ScheduleConfig
@@ -207,8 +206,6 @@ def register_schemas() -> None:
     cs.store(name="train_schema", node=TrainSchema)
     for name, task_cls in TASKS.items():
         cs.store(group="schema/task", name=name, node=task_schema(name, task_cls))
-    for name in PRESETS:
-        cs.store(group="schema/model", name=name, node=OFAConfig.from_preset(name))
     for name, target in LOGGERS.items():
         extra = WANDB_EXTRA if name == "wandb" else None
         cs.store(group="schema/logger", name=name,

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from ofa import factory
 from ofa.lit_module import OFALitModule
-from ofa.modules.config import PRESETS, OFAConfig
+from ofa.modules.config import PRESET_DIR, PRESETS, OFAConfig, parse_preset
 from ofa.schemas import register_schemas
 from ofa.tasks import TASKS
 from ofa.utils.config_errors import format_config_error
@@ -75,9 +75,10 @@ def test_option_composes_and_resolves(group: str, option: str, synthetic_data_di
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_model_option_is_its_preset(name: str, tmp_path: Path) -> None:
-    """`model=<name>` composes to `OFAConfig.from_preset(name)`; the yaml names the preset, repeats no size."""
+    """`model=<name>` composes to `OFAConfig.from_preset(name)`: Hydra and the model read the one preset file."""
     assert factory.typed(compose_cfg([f"model={name}"], tmp_path).model) == OFAConfig.from_preset(name)
-    assert not set(OmegaConf.load(CONF / "model" / f"{name}.yaml")) & set(PRESETS[name])
+    assert (CONF / "model" / f"{name}.yaml").resolve() == PRESET_DIR / f"{name}.yaml"
+    assert parse_preset((CONF / "model" / f"{name}.yaml").read_text()) == PRESETS[name]
 
 
 def test_model_overrides_apply_on_top_of_the_preset(tmp_path: Path) -> None:

@@ -5,14 +5,17 @@ defaults are the fairseq `ofa_large_architecture` defaults with every flag that 
 were trained with switched on (NormFormer extras, `disable_entangle`, ...). Dropout / drop path default
 to the architecture's 0.0; the training recipes (task / experiment configs) raise them.
 
-`conf/model/<name>.yaml` names a preset (ofa/schemas.py registers each as a Hydra schema node) instead of
-repeating its values. Imports nothing from the model: `count_parameters` lives in `ofa.modules.model`.
+Model sizes are defined once, as flat files `ofa/modules/presets/<name>.yaml` (shipped with the package);
+`conf/model` is a link to that folder, so Hydra's `model=<name>`, `OFAConfig.from_preset(name)` and the
+paired benchmark read the same file. Imports nothing from the model: `count_parameters` lives in `ofa.modules.model`.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 RESNET_LAYERS: dict[str, list[int]] = {
     "resnet18": [2, 2, 2],
@@ -98,18 +101,30 @@ class OFAConfig:
         return cls.from_dict({**PRESETS[name], **overrides})
 
 
-def _arch(d: int, layers: tuple[int, int], heads: int, resnet: str) -> dict:
-    return dict(d_model=d, encoder_layers=layers[0], decoder_layers=layers[1],
-                encoder_attention_heads=heads, decoder_attention_heads=heads,
-                encoder_ffn_dim=4 * d, decoder_ffn_dim=4 * d, resnet_type=resnet)
+PRESET_DIR = Path(__file__).resolve().parent / "presets"  # conf/model links here: one definition per size
 
 
-PRESETS: dict[str, dict] = {
-    # small enough to train on 2 CPU cores in minutes (not an official size)
-    "ofa_nano": {**_arch(128, (2, 2), 4, "resnet18"), "resnet_layers": [1, 1, 1]},
-    "ofa_tiny": _arch(256, (4, 4), 4, "resnet50"),
-    "ofa_medium": _arch(512, (4, 4), 8, "resnet101"),
-    "ofa_base": _arch(768, (6, 6), 12, "resnet101"),
-    "ofa_large": _arch(1024, (12, 12), 16, "resnet152"),
-    "ofa_huge": _arch(1280, (24, 12), 16, "resnet152"),
-}
+def parse_preset(text: str) -> dict:
+    """A preset file's flat `key: value` lines (comments and blank lines skipped) -> dict of python values."""
+    out = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if value in ("true", "false"):
+            out[key] = value == "true"
+            continue
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value  # a bare string, e.g. resnet152
+    return out
+
+
+def load_presets(folder: Path = PRESET_DIR) -> dict[str, dict]:
+    """name -> the keys of `<folder>/<name>.yaml` (what differs from the `OFAConfig` defaults)."""
+    return {path.stem: parse_preset(path.read_text()) for path in sorted(folder.glob("*.yaml"))}
+
+
+PRESETS: dict[str, dict] = load_presets()  # ofa_nano (CPU-sized, not official), ofa_tiny ... ofa_huge
