@@ -9,15 +9,22 @@
 """
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from pathlib import Path
+import os
 
-import pytest
+# The suite's models are tiny and several tests overlap subprocesses on the 2 cores: one OpenMP thread per
+# process (inherited by every train.py the tests start) avoids threads spinning against each other. Set
+# before torch is imported; a value given by the caller wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from ofa.datamodules.synthetic import ensure_synthetic_dataset
-from ofa.tokenizer import OFATokenizer, build_tokenizer
-from stub_tasks import StubTask  # a module of its own: spawned DDP ranks unpickle it by name
+import json  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from ofa.datamodules.synthetic import ensure_synthetic_dataset  # noqa: E402
+from ofa.tokenizer import OFATokenizer, build_tokenizer  # noqa: E402
+from stub_tasks import StubTask  # noqa: E402  # a module of its own: spawned DDP ranks unpickle it by name
 
 SYNTHETIC_TEST_CONFIG = dict(num_train=48, num_val=16, num_test=16, image_size=64, shard_size=8, vocab_size=500)
 

@@ -5,7 +5,6 @@ Checkpoint files themselves: test_checkpoint_io.py and test_safe_load.py."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,17 +20,11 @@ from ofa.lit_module import NonFiniteError
 from ofa.modules.config import OFAConfig
 from ofa.schemas import task_schema
 from ofa.tasks import TASKS, Task
+from subprocess_runs import run_concurrently
 from test_checkpoint_io import evil_checkpoint
 from test_lit_module import make_dm, make_module
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_train(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
 
 
 def tiny_run(data_dir: Path, run_dir: Path) -> list[str]:
@@ -45,12 +38,39 @@ def tiny_run(data_dir: Path, run_dir: Path) -> list[str]:
             "trainer.limit_val_batches=0", "test_after_fit=false"]
 
 
-@pytest.mark.parametrize("key, name", [("ckpt_path", "evil.ckpt"), ("init_from", "evil.pt")])
-def test_train_refuses_a_pickle_payload_in_one_line(key: str, name: str, synthetic_data_dir: Path,
-                                                    tmp_path: Path) -> None:
-    marker = tmp_path / "pwned"
-    path = evil_checkpoint(tmp_path, marker, name)
-    proc = run_train(tiny_run(synthetic_data_dir, tmp_path / "run") + [f"{key}={path}"])
+PICKLES = [("ckpt_path", "evil.ckpt"), ("init_from", "evil.pt")]
+BAD_CONFIGS = [
+    ("data.train_shards='/nowhere/train-{000000..000003}.tar'", "config error: data.train_shards=/nowhere/train-"),
+    ("task.image_size=2048", "config error: task.image_size=2048 gives a 128x128 patch grid"),
+    ("seeed=3", "seeed"),  # misspelled top-level key
+    ("trainer=tpu", "valid choices for 'trainer'"),  # unknown group option
+    ("data.batch_size=four", "data.batch_size"),  # wrong type
+]
+
+
+@pytest.fixture(scope="module")
+def refused_runs(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """Every refused train.py run of this file, started two at a time: override -> (process, run dir, marker)."""
+    root = tmp_path_factory.mktemp("refused")
+    cases = {}
+    for key, name in PICKLES:
+        folder = root / key
+        folder.mkdir()
+        marker = folder / "pwned"
+        cases[key] = (f"{key}={evil_checkpoint(folder, marker, name)}", folder / "run", marker)
+    for i, (override, _) in enumerate(BAD_CONFIGS):
+        cases[override] = (override, root / f"bad{i}" / "run", None)
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    commands = [[sys.executable, str(ROOT / "train.py"), *tiny_run(synthetic_data_dir, run), arg]
+                for arg, run, _ in cases.values()]
+    procs = run_concurrently(commands, ROOT, env)
+    return {case: (proc, run, marker) for (case, (_, run, marker)), proc in zip(cases.items(), procs)}
+
+
+@pytest.mark.parametrize("key, name", PICKLES)
+def test_train_refuses_a_pickle_payload_in_one_line(key: str, name: str, refused_runs: dict) -> None:
+    proc, _, marker = refused_runs[key]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert not marker.exists()
     assert "Traceback" not in proc.stderr
@@ -146,16 +166,9 @@ def test_missing_shards_are_named(key: str, pattern: str, needle: str, synthetic
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("data.train_shards='/nowhere/train-{000000..000003}.tar'", "config error: data.train_shards=/nowhere/train-"),
-    ("task.image_size=2048", "config error: task.image_size=2048 gives a 128x128 patch grid"),
-    ("seeed=3", "seeed"),  # misspelled top-level key
-    ("trainer=tpu", "valid choices for 'trainer'"),  # unknown group option
-    ("data.batch_size=four", "data.batch_size"),  # wrong type
-])
-def test_train_refuses_bad_configs_before_any_work(override: str, needle: str, synthetic_data_dir: Path,
-                                                   tmp_path: Path) -> None:
-    proc = run_train(tiny_run(synthetic_data_dir, tmp_path / "run") + [override])
+@pytest.mark.parametrize("override, needle", BAD_CONFIGS)
+def test_train_refuses_bad_configs_before_any_work(override: str, needle: str, refused_runs: dict) -> None:
+    proc, run_dir, _ = refused_runs[override]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("Seed set to")]
     assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (run_dir / "checkpoints").exists()

@@ -11,6 +11,7 @@ import csv
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,8 +40,15 @@ def overrides(data_dir: Path, run_dir: Path, num_workers: int, every: int, train
             f"callbacks.step_checkpoint.every_n_train_steps={every}", "callbacks.progress_bar.refresh_rate=100"]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def env() -> dict:
-    out = {**os.environ, "WANDB_MODE": "disabled"}
+    """Runs overlap: one thread each (no spinning OpenMP threads), and each DDP run its own rendezvous port."""
+    out = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port())}
     out.pop("HYDRA_FULL_ERROR", None)
     return out
 
@@ -86,44 +94,78 @@ def train_and_kill(args: list[str], run_dir: Path, after_step: int) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def check_exact_resume(data_dir: Path, tmp_path: Path, num_workers: int, plan: tuple[int, int],
-                       trainer: str = "cpu") -> None:
+class Reference:
+    """An uninterrupted run, started in the background and shared by the tests that need the same one (the
+    losses do not depend on the checkpoint interval, so one run serves every kill plan)."""
+
+    def __init__(self, args: list[str], run_dir: Path) -> None:
+        self.run_dir, self.log = run_dir, run_dir.parent / "output.txt"
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env(),
+                                         stdout=out, stderr=subprocess.STDOUT)
+
+    def result(self) -> tuple[dict[int, str], str]:
+        """(step -> loss, the run's output) once it has finished."""
+        self.proc.wait(timeout=600)
+        output = self.log.read_text()
+        assert self.proc.returncode == 0, output[-4000:]
+        return losses(self.run_dir), output
+
+
+@pytest.fixture(scope="module")
+def reference_run(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(trainer, num_workers) -> its `Reference`, started on first request."""
+    started: dict[tuple[str, int], Reference] = {}
+
+    def get(trainer: str, num_workers: int) -> Reference:
+        if (trainer, num_workers) not in started:
+            run_dir = tmp_path_factory.mktemp(f"full-{trainer}-{num_workers}") / "run"
+            args = overrides(synthetic_data_dir, run_dir, num_workers, MID_EPOCH[0], trainer)
+            started[(trainer, num_workers)] = Reference(args, run_dir)
+        return started[(trainer, num_workers)]
+
+    return get
+
+
+def check_exact_resume(data_dir: Path, tmp_path: Path, reference: Reference, num_workers: int,
+                       plan: tuple[int, int], trainer: str = "cpu") -> None:
     every, kill_after = plan
     steps, ranks = STEPS_PER_EPOCH * EPOCHS, 2 if trainer == "ddp_sim" else 1
-    full = tmp_path / "full" / "run"
-    proc = train(overrides(data_dir, full, num_workers, every, trainer))
-    reference = losses(full)
-    assert sorted(reference) == list(range(steps))
-    assert rank_counts(proc.stdout + proc.stderr) == {r: (steps, steps) for r in range(ranks)}
-
     first, second = tmp_path / "killed" / "first", tmp_path / "killed" / "second"
-    train_and_kill(overrides(data_dir, first, num_workers, every, trainer), first, kill_after)
+    train_and_kill(overrides(data_dir, first, num_workers, every, trainer), first, kill_after)  # beside the reference
     ckpt = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     saved_step = ckpt["global_step"]
     assert saved_step == kill_after // every * every, saved_step
     assert not list((first / "checkpoints").glob(".*.tmp")), "a temp checkpoint was left behind"
 
+    reference_losses, output = reference.result()
+    assert sorted(reference_losses) == list(range(steps))
+    assert rank_counts(output) == {r: (steps, steps) for r in range(ranks)}
+
     proc = train(overrides(data_dir, second, num_workers, every, trainer) + ["ckpt_path=last"])  # first's last.ckpt
     resumed = losses(second)
     assert sorted(resumed) == list(range(saved_step, steps)), proc.stdout[-2000:]
-    assert {s: reference[s] for s in resumed} == resumed  # bitwise: no sample skipped or repeated
+    assert {s: reference_losses[s] for s in resumed} == resumed  # bitwise: no sample skipped or repeated
     assert rank_counts(proc.stdout + proc.stderr) == {r: (steps, steps) for r in range(ranks)}
     weights = [torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-               for run in (full, second)]  # the last step (every rank's batch) included
+               for run in (reference.run_dir, second)]  # the last step (every rank's batch) included
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     killed = losses(first)  # the steps logged before the kill match too
-    assert {s: reference[s] for s in killed} == killed
+    assert {s: reference_losses[s] for s in killed} == killed
 
 
-def test_sigkill_mid_epoch_and_resume_is_bitwise_exact(synthetic_data_dir: Path, tmp_path: Path) -> None:
-    check_exact_resume(synthetic_data_dir, tmp_path, num_workers=0, plan=MID_EPOCH)
+def test_sigkill_mid_epoch_and_resume_is_bitwise_exact(synthetic_data_dir: Path, tmp_path: Path,
+                                                       reference_run) -> None:
+    check_exact_resume(synthetic_data_dir, tmp_path, reference_run("cpu", 0), num_workers=0, plan=MID_EPOCH)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("trainer, num_workers, plan", [
     ("cpu", 1, MID_EPOCH), ("cpu", 0, EPOCH_END), ("cpu", 1, EPOCH_END),
     pytest.param("ddp_sim", 0, MID_EPOCH, id="ddp_sim-0-mid_epoch")])  # 2 processes, gloo; the group is killed
-def test_sigkill_and_resume_is_bitwise_exact_variants(synthetic_data_dir: Path, tmp_path: Path, trainer: str,
-                                                      num_workers: int, plan: tuple[int, int]) -> None:
-    check_exact_resume(synthetic_data_dir, tmp_path, num_workers=num_workers, plan=plan, trainer=trainer)
+def test_sigkill_and_resume_is_bitwise_exact_variants(synthetic_data_dir: Path, tmp_path: Path, reference_run,
+                                                      trainer: str, num_workers: int, plan: tuple[int, int]) -> None:
+    check_exact_resume(synthetic_data_dir, tmp_path, reference_run(trainer, num_workers), num_workers=num_workers,
+                       plan=plan, trainer=trainer)

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from subprocess_runs import run_concurrently
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # seconds per run: a hang (e.g. on the network) fails the test instead of blocking CI
 TINY = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
@@ -102,10 +104,22 @@ def test_validate_stage_and_init_from(synthetic_data_dir: Path, tmp_path: Path, 
     assert "val/caption/cider" in metrics and not any(k.startswith("test/") for k in metrics)
 
 
-@pytest.mark.parametrize("override, needle", [("model.d_modl=3", "d_modl"), ("model=ofa_gigantic", "ofa_nano"),
-                                              ("trainer.max_epochs=abc", "trainer.max_epochs")])
-def test_config_errors_print_one_line_and_exit_2(override: str, needle: str) -> None:
-    proc = run_train([override], check=False)
+CONFIG_ERRORS = [("model.d_modl=3", "d_modl"), ("model=ofa_gigantic", "ofa_nano"),
+                 ("trainer.max_epochs=abc", "trainer.max_epochs")]
+
+
+@pytest.fixture(scope="module")
+def config_error_runs() -> dict[str, subprocess.CompletedProcess]:
+    """train.py with each bad override, two at a time."""
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    procs = run_concurrently([[sys.executable, str(ROOT / "train.py"), o] for o, _ in CONFIG_ERRORS], ROOT, env)
+    return {o: p for (o, _), p in zip(CONFIG_ERRORS, procs)}
+
+
+@pytest.mark.parametrize("override, needle", CONFIG_ERRORS)
+def test_config_errors_print_one_line_and_exit_2(override: str, needle: str, config_error_runs: dict) -> None:
+    proc = config_error_runs[override]
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("config error:") and needle in lines[0]
