@@ -203,11 +203,10 @@ class OFALitModule(pl.LightningModule):
         loggers = [lg for lg in self.loggers if is_wandb_logger(lg)]
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             for name, items in self._samples.items():
-                rows, images = [r for r, _ in items], [im for _, im in items if im is not None]
                 cfg = self.tasks[name].cfg
                 for logger in loggers:
-                    log_prediction_table(logger, f"{split}/{name}/samples", rows,
-                                         torch.stack(images) if images else None, cfg.mean, cfg.std, self.global_step)
+                    log_prediction_table(logger, f"{split}/{name}/samples", items, cfg.mean, cfg.std,
+                                         self.global_step)
         self._samples.clear()
 
     def _use_ema(self) -> bool:

@@ -231,4 +231,5 @@ class ClosedSetTask(Task):
         preds = self.predict(model, batch)
         labels = [m["answer"] for m in batch["meta"]]
         metrics["acc"].update(preds, labels)
-        return [{"id": i, "prediction": p, "label": t} for i, p, t in zip(batch["id"], preds, labels)]
+        return [{"id": i, "prediction": p, "label": t, "references": [t]}
+                for i, p, t in zip(batch["id"], preds, labels)]

@@ -112,8 +112,9 @@ class GroundingTask(Task):
         metas = batch["meta"]
         gt = torch.tensor([m["box"] for m in metas], dtype=torch.float64)
         metrics["acc"].update(pred, gt)
-        return [{"id": i, "text": m["text"], "box": b, "gt": m["box"]}
-                for i, m, b in zip(batch["id"], metas, pred.tolist())]
+        return [{"id": i, "text": m["text"], "box": b, "gt": m["box"], "scale": (m["w_ratio"], m["h_ratio"]),
+                 "prediction": " ".join(f"{c:.1f}" for c in b), "references": [" ".join(f"{c:.1f}" for c in m["box"])]}
+                for i, m, b in zip(batch["id"], metas, pred.tolist())]  # boxes: original pixels; scale: to the input
 
     def predict_boxes(self, model: torch.nn.Module, batch: dict[str, Any]) -> Tensor:
         """Beam search over bin tokens -> (B, 4) boxes in original-image pixels (float64, CPU)."""

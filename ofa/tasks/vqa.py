@@ -109,7 +109,8 @@ class VQATask(ClosedSetTask):
         metrics["score"].update(preds, [m["answers"] for m in metas])
         humans = [(p, m["human_answers"]) for p, m in zip(preds, metas) if m.get("human_answers")]
         metrics["acc"].update([p for p, _ in humans], [h for _, h in humans])  # NaN if no data has them
-        return [{"id": i, "question": m["question"], "prediction": p, "answer": m["answer"]}
+        return [{"id": i, "question": m["question"], "prediction": p, "answer": m["answer"],
+                 "references": sorted(m["answers"], key=m["answers"].get, reverse=True)}  # most confident first
                 for i, m, p in zip(batch["id"], metas, preds)]
 
     def beam_search(self, model: torch.nn.Module, batch: dict[str, Any]) -> list[str]:
