@@ -8,7 +8,15 @@ in a few per-layer names (spec §6.3). Formats:
   are allowed.
 - `hf`: a directory (or weights file) with `config.json` and `pytorch_model.bin` or `model.safetensors`.
 - `platform`: a directory with `model.safetensors` (fairseq names, tied embedding stored once) and
-  `ofa_config.json` (`OFAConfig` fields).
+  `ofa_config.json` (`OFAConfig` fields), plus `tokenizer.json` when the source carried its vocabulary.
+- `lightning`: a platform run's own `.ckpt` (`last.ckpt`, `best.ckpt`): `state_dict` under `model.`, its
+  EMA in `ema`, and what rebuilds the model under `checkpoint["ofa"]` (written by `OFALitModule`, see
+  `ofa.checkpoint_io.model_record`): the `OFAConfig` as a plain dict and the tokenizer (kind, path, sha256
+  and the whole vocabulary as one `tokenizers` JSON text). Told apart from a fairseq `.pt` by its content.
+
+Writers stage into a temp folder beside the target and rename it into place at the end, so a failed
+export leaves no half-written folder. A checkpoint of another size than the model it is loaded into is
+refused with one line naming both sizes.
 
 CLI: `python -m ofa.checkpoint convert IN OUT [--ema] [--format platform|hf]`.
 """
@@ -16,8 +24,14 @@ CLI: `python -m ofa.checkpoint convert IN OUT [--ema] [--format platform|hf]`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
+import os
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +43,10 @@ from ofa.modules.config import PRESETS, OFAConfig
 from ofa.modules.model import OFAModel
 from ofa.safe_load import CheckpointError, safe_torch_load
 
-PLATFORM_CONFIG, PLATFORM_WEIGHTS = "ofa_config.json", "model.safetensors"
+PLATFORM_CONFIG, PLATFORM_WEIGHTS, TOKENIZER_FILE = "ofa_config.json", "model.safetensors", "tokenizer.json"
+RECORD_KEY = "ofa"  # the entry of a Lightning .ckpt holding the model config and the tokenizer
+SIZE_FIELDS = ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
+               "encoder_ffn_dim", "decoder_ffn_dim", "resnet_blocks")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 TIED_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight")
 DERIVED = re.compile(r"(^|\.)(version|token_rp_bucket|image_rp_bucket|image_position_idx)$")
@@ -168,11 +185,23 @@ def _tied_embedding(sd: dict[str, Tensor]) -> Tensor:
     raise CheckpointError(f"no token embedding among {TIED_KEYS}")
 
 
+def read_pickle(path: str | Path, ema: bool = False) -> Checkpoint:
+    """A torch pickle, unpickled safely once: a platform run's Lightning `.ckpt` or an official fairseq `.pt`."""
+    state = safe_torch_load(path)
+    if isinstance(state, dict) and "state_dict" in state and "pytorch-lightning_version" in state:
+        return lightning_checkpoint(state, path, ema)
+    return fairseq_checkpoint(state, path, ema)
+
+
 def read_fairseq(path: str | Path, ema: bool = False) -> Checkpoint:
     """An official fairseq OFA `.pt` (optionally its EMA weights)."""
-    state = safe_torch_load(path)
+    return fairseq_checkpoint(safe_torch_load(path), path, ema)
+
+
+def fairseq_checkpoint(state: object, path: str | Path, ema: bool = False) -> Checkpoint:
+    """The unpickled content of a fairseq `.pt` as a `Checkpoint` (optionally its EMA weights)."""
     if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
+        raise CheckpointError(f"{path}: neither a fairseq checkpoint (no 'model' entry) nor a Lightning one")
     sd = dict(state["model"])
     if ema:
         extra = state.get("extra_state") or {}
@@ -182,6 +211,37 @@ def read_fairseq(path: str | Path, ema: bool = False) -> Checkpoint:
     cfg = state.get("cfg")
     model_args = _plain(cfg["model"]) if cfg is not None and cfg.get("model") is not None else _plain(state.get("args"))
     return Checkpoint(sd, config_from_fairseq(model_args, sd), str(path), {"format": "fairseq", "ema": ema})
+
+
+def lightning_checkpoint(state: dict, path: str | Path, ema: bool = False) -> Checkpoint:
+    """A platform run's `.ckpt`: the model's weights (or its EMA) with the config and tokenizer the run
+    stored under `checkpoint["ofa"]`; a `.ckpt` without that record cannot say which model it holds."""
+    record = state.get(RECORD_KEY)
+    if not isinstance(record, dict) or "model_config" not in record:
+        raise CheckpointError(f"{path}: a Lightning checkpoint without the model config under "
+                              f"checkpoint[{RECORD_KEY!r}] (not written by this platform's OFALitModule, or "
+                              "before checkpoints carried it); resume it with ckpt_path= instead")
+    sd = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    if ema:
+        if "ema" not in state:
+            raise CheckpointError(f"{path}: --ema asked but the run kept no EMA (module.ema.decay was 0)")
+        sd.update(state["ema"])
+    meta = {"format": "lightning", "ema": ema, "tokenizer": record.get("tokenizer")}
+    return Checkpoint(sd, OFAConfig.from_dict(record["model_config"]), str(path), meta)
+
+
+def text_sha256(text: str) -> str:
+    """Content identity of a tokenizer JSON text (what checkpoints compare vocabularies by)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _tokenizer_beside(folder: Path) -> dict | None:
+    """The `tokenizer.json` a platform / HF folder carries, as a tokenizer record (None if absent)."""
+    path = folder / TOKENIZER_FILE
+    if not path.is_file():
+        return None
+    text = path.read_text("utf-8")
+    return {"kind": "trained", "path": str(path), "sha256": text_sha256(text), "json": text}
 
 
 def _weights_file(path: Path, names: tuple[str, ...]) -> Path:
@@ -206,18 +266,21 @@ def read_hf(path: str | Path) -> Checkpoint:
     if sd and all(k.startswith("model.") for k in sd):
         sd = {k[len("model."):]: v for k, v in sd.items()}
     cfg = config_from_hf(json.loads((weights.parent / "config.json").read_text()))
-    return Checkpoint({hf_to_fairseq_key(k): v for k, v in sd.items()}, cfg, str(path), {"format": "hf"})
+    meta = {"format": "hf", "tokenizer": _tokenizer_beside(weights.parent)}
+    return Checkpoint({hf_to_fairseq_key(k): v for k, v in sd.items()}, cfg, str(path), meta)
 
 
 def read_platform(path: str | Path) -> Checkpoint:
     """Our format: `model.safetensors` + `ofa_config.json`."""
     weights = _weights_file(Path(path), (PLATFORM_WEIGHTS,))
     cfg = OFAConfig.from_dict(json.loads((weights.parent / PLATFORM_CONFIG).read_text()))
-    return Checkpoint(load_file(str(weights)), cfg, str(path), {"format": "platform"})
+    meta = {"format": "platform", "tokenizer": _tokenizer_beside(weights.parent)}
+    return Checkpoint(load_file(str(weights)), cfg, str(path), meta)
 
 
 def detect_format(path: str | Path) -> str:
-    """`platform` / `hf` (by the config file beside the weights) or `fairseq` (any other file)."""
+    """`platform` / `hf` (by the config file beside the weights) or `fairseq` (any other file: a torch
+    pickle, read by `read_pickle` as a fairseq `.pt` or a platform run's Lightning `.ckpt`)."""
     p = Path(path)
     folder = p if p.is_dir() else p.parent
     if (folder / PLATFORM_CONFIG).is_file():
@@ -233,8 +296,8 @@ def read_checkpoint(path: str | Path, ema: bool = False) -> Checkpoint:
     """Read any supported format into our key names and an `OFAConfig`."""
     fmt = detect_format(path)
     if ema and fmt != "fairseq":
-        raise CheckpointError(f"{path}: EMA weights exist only in fairseq checkpoints")
-    return {"fairseq": lambda: read_fairseq(path, ema), "hf": lambda: read_hf(path),
+        raise CheckpointError(f"{path}: EMA weights exist only in fairseq .pt and Lightning .ckpt files")
+    return {"fairseq": lambda: read_pickle(path, ema), "hf": lambda: read_hf(path),
             "platform": lambda: read_platform(path)}[fmt]()
 
 
@@ -294,10 +357,45 @@ def load_state_dict(model: OFAModel, state_dict: dict[str, Tensor], strict: bool
     return LoadReport(missing, unexpected, resized)
 
 
+def size_of(cfg: OFAConfig) -> dict:
+    """The fields that make a model's size (weights of two configs fit each other only if these agree)."""
+    return {name: getattr(cfg, name) for name in SIZE_FIELDS}
+
+
+def size_name(cfg: OFAConfig) -> str:
+    """The preset of `cfg`'s size (`ofa_nano`, ...), or `a custom size`."""
+    size = size_of(cfg)
+    return next((name for name in PRESETS if size_of(OFAConfig.from_preset(name)) == size), "a custom size")
+
+
+def describe_size(cfg: OFAConfig, other: OFAConfig) -> str:
+    """`d_model=128, 2+2 layers`; when that equals `other`'s, also the other size fields that differ."""
+    def short(c: OFAConfig) -> str:
+        return f"d_model={c.d_model}, {c.encoder_layers}+{c.decoder_layers} layers"
+
+    extra = [f"{k}={getattr(cfg, k)}" for k in SIZE_FIELDS[3:] if getattr(cfg, k) != getattr(other, k)]
+    return ", ".join([short(cfg), *extra]) if short(cfg) == short(other) else short(cfg)
+
+
+def check_same_size(ckpt: Checkpoint, cfg: OFAConfig) -> None:
+    """Refuse a checkpoint of another size than the model `cfg` builds, on one line naming both sizes
+    (instead of a list of shape mismatches)."""
+    held = ckpt.config
+    if size_of(held) == size_of(cfg):
+        return
+    name = size_name(held)
+    hint = f"; run with model={name}" if name in PRESETS else ""
+    raise CheckpointError(f"{ckpt.source} holds {describe_size(held, cfg)} ({name}); this run builds "
+                          f"{size_name(cfg)} ({describe_size(cfg, held)}){hint}")
+
+
 def load_into_model(model: OFAModel, path: str | Path, ema: bool = False, strict: bool = True,
                     resize_embeddings: bool = False) -> LoadReport:
-    """Load a checkpoint of any format into an existing model (its own config decides the shapes)."""
-    return load_state_dict(model, read_checkpoint(path, ema).state_dict, strict, resize_embeddings)
+    """Load a checkpoint of any format into an existing model of the same size (its config decides the
+    shapes; a different vocabulary is resized only if asked)."""
+    ckpt = read_checkpoint(path, ema)
+    check_same_size(ckpt, model.cfg)
+    return load_state_dict(model, ckpt.state_dict, strict, resize_embeddings)
 
 
 def load_model(path: str | Path, ema: bool = False, strict: bool = True, **overrides) -> OFAModel:
@@ -315,48 +413,85 @@ def _model_state(model_or_sd: nn.Module | dict[str, Tensor]) -> dict[str, Tensor
     return {k: v.detach().cpu() for k, v in sd.items() if not DERIVED.search(k)}
 
 
-def save_platform(model_or_sd: nn.Module | dict[str, Tensor], cfg: OFAConfig, out_dir: str | Path) -> Path:
-    """Write `model.safetensors` (tied embedding once) + `ofa_config.json`."""
+@contextlib.contextmanager
+def staged_dir(out_dir: str | Path) -> Iterator[Path]:
+    """A temp folder beside `out_dir` to write into; renamed to `out_dir` (replacing an existing folder)
+    only when the block succeeds, removed when it fails: an export is whole or absent, never half-written."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out}: exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        old = out.with_name(f".{out.name}.{os.getpid()}.old") if out.exists() else None
+        if old:
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if old:
+                os.replace(old, out)  # put the previous export back
+            raise
+        if old:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_tokenizer(out: Path, tokenizer_json: str | None) -> None:
+    if tokenizer_json is not None:
+        (out / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
+
+
+def save_platform(model_or_sd: nn.Module | dict[str, Tensor], cfg: OFAConfig, out_dir: str | Path,
+                  tokenizer_json: str | None = None) -> Path:
+    """Write `model.safetensors` (tied embedding once) + `ofa_config.json` (+ `tokenizer.json` if given)."""
     sd = {k: v.contiguous() for k, v in _model_state(model_or_sd).items() if k not in TIED_KEYS[1:]}
-    save_file(sd, str(out / PLATFORM_WEIGHTS), metadata={"format": "pt", "ofa": "platform"})
-    (out / PLATFORM_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=1, sort_keys=True) + "\n")
-    return out
+    with staged_dir(out_dir) as tmp:
+        save_file(sd, str(tmp / PLATFORM_WEIGHTS), metadata={"format": "pt", "ofa": "platform"})
+        (tmp / PLATFORM_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=1, sort_keys=True) + "\n")
+        _write_tokenizer(tmp, tokenizer_json)
+    return Path(out_dir)
 
 
 def export_hf(model_or_sd: nn.Module | dict[str, Tensor], cfg: OFAConfig, out_dir: str | Path,
-              weights: str = "pytorch_model.bin") -> Path:
-    """Write the HF port's layout: `config.json` + weights under the port's key names (tie stored 3x)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+              weights: str = "pytorch_model.bin", tokenizer_json: str | None = None) -> Path:
+    """Write the HF port's layout: `config.json` + weights under the port's key names (tie stored 3x),
+    + `tokenizer.json` if given. A config the port cannot express is refused before anything is written."""
+    hf_config = json.dumps(config_to_hf(cfg), indent=2, sort_keys=True) + "\n"
     sd = _model_state(model_or_sd)
     emb = _tied_embedding(sd)
     sd = {fairseq_to_hf_key(k): v for k, v in sd.items()}
     sd.update({k: emb.clone() for k in TIED_KEYS})
-    if weights.endswith(".safetensors"):
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(out / weights), metadata={"format": "pt"})
-    else:
-        torch.save(sd, out / weights)
-    (out / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2, sort_keys=True) + "\n")
-    return out
+    with staged_dir(out_dir) as tmp:
+        if weights.endswith(".safetensors"):
+            save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / weights), metadata={"format": "pt"})
+        else:
+            torch.save(sd, tmp / weights)
+        (tmp / "config.json").write_text(hf_config)
+        _write_tokenizer(tmp, tokenizer_json)
+    return Path(out_dir)
 
 
 def convert(src: str | Path, dst: str | Path, fmt: str = "platform", ema: bool = False,
             strict: bool = True) -> LoadReport:
-    """Read any format, check it against a freshly built model, write `fmt` (`platform` or `hf`)."""
+    """Read any format, check it against a freshly built model, write `fmt` (`platform` or `hf`), with the
+    source's `tokenizer.json` when it carries one (a run's `.ckpt`, a platform folder)."""
+    if fmt not in ("platform", "hf"):
+        raise CheckpointError(f"unknown output format {fmt!r} (platform | hf)")
     ckpt = read_checkpoint(src, ema)
     with torch.device("meta" if strict else "cpu"):  # strict: every weight is overwritten, skip the init
         model = OFAModel(ckpt.config)
     if strict:
         model.to_empty(device="cpu")
     report = load_state_dict(model, ckpt.state_dict, strict=strict)
+    tokenizer_json = (ckpt.meta.get("tokenizer") or {}).get("json")
     if fmt == "platform":
-        save_platform(model, ckpt.config, dst)
-    elif fmt == "hf":
-        export_hf(model, ckpt.config, dst)
+        save_platform(model, ckpt.config, dst, tokenizer_json)
     else:
-        raise CheckpointError(f"unknown output format {fmt!r} (platform | hf)")
+        export_hf(model, ckpt.config, dst, tokenizer_json=tokenizer_json)
     return report
 
 
@@ -364,9 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ofa-convert-checkpoint", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="convert a fairseq / HF-port / platform checkpoint")
-    conv.add_argument("src", help="fairseq .pt, HF directory or weights file, or platform directory")
+    conv.add_argument("src", help="fairseq .pt, a run's Lightning .ckpt, HF directory or weights file, "
+                                  "or platform directory")
     conv.add_argument("dst", help="output directory")
-    conv.add_argument("--ema", action="store_true", help="take the EMA weights (fairseq extra_state['ema'])")
+    conv.add_argument("--ema", action="store_true",
+                      help="take the EMA weights (fairseq extra_state['ema'], a run's checkpoint['ema'])")
     conv.add_argument("--format", choices=("platform", "hf"), default="platform")
     conv.add_argument("--no-strict", action="store_true", help="accept missing / unexpected keys")
     args = parser.parse_args(argv)

@@ -4,9 +4,14 @@
   fsyncs, then `os.replace`s it over the target, so a kill never leaves a half-written `last.ckpt`; loads
   with `ofa.safe_load.safe_torch_load` only: a checkpoint carrying any other pickle global is refused, unrun.
 - `resolve_ckpt_path`: `last` = the newest `*/checkpoints/last.ckpt` of this run name.
+- `model_record`: what `OFALitModule` stores in every `.ckpt` under `checkpoint["ofa"]` so that the file
+  alone rebuilds the model (`init_from=`, `python -m ofa.checkpoint convert`, `stage=test`): the
+  `OFAConfig` as a plain dict and the tokenizer (`tokenizer_record`). Plain containers only, so the
+  `weights_only=True` reader needs no allow-list entry for them.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -15,7 +20,9 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from ofa.checkpoint import TOKENIZER_FILE, text_sha256
 from ofa.errors import RunConfigError
+from ofa.modules.config import OFAConfig
 from ofa.safe_load import safe_torch_load
 
 
@@ -70,3 +77,19 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     if "://" not in ckpt_path and not Path(ckpt_path).is_file():
         raise RunConfigError(f"ckpt_path={ckpt_path}: no such file")
     return ckpt_path
+
+
+def tokenizer_record(kind: str, path: str | os.PathLike, tokenizer: Any) -> dict:
+    """The run's vocabulary as a checkpoint carries it: its identity (configured kind and path, sha256 of
+    the content) and the content itself, the whole vocabulary as one `tokenizers` JSON text (any kind
+    saves to it; `tokenizer=trained tokenizer.path=<that file>` reads it back), so the checkpoint still
+    rebuilds the model's tokenizer after the original files moved or changed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        text = tokenizer.save(Path(tmp) / TOKENIZER_FILE).read_text("utf-8")
+    return {"kind": str(kind), "path": str(path), "sha256": text_sha256(text), "json": text}
+
+
+def model_record(model_cfg: OFAConfig, tokenizer: dict | None) -> dict:
+    """`checkpoint["ofa"]`: the model config as plain JSON values (no dataclass, no OmegaConf node) and
+    the tokenizer record (None when the module was built without one)."""
+    return {"version": 1, "model_config": json.loads(json.dumps(model_cfg.to_dict())), "tokenizer": tokenizer}

@@ -11,7 +11,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ofa.callbacks import RNGStateCallback
-from ofa.checkpoint_io import AtomicCheckpointIO
+from ofa.checkpoint_io import AtomicCheckpointIO, tokenizer_record
 from ofa.datamodules.datamodule import SHARD_KEYS, LoaderConfig, OFADataModule, build_sources
 from ofa.datamodules.synthetic import ensure_synthetic_dataset
 from ofa.errors import RunConfigError
@@ -79,11 +79,14 @@ def build_datamodule(data_cfg: DictConfig, tasks: dict[str, Task]) -> OFADataMod
 
 
 def build_lit_module(cfg: DictConfig, tasks: dict[str, Task], tokenizer: OFATokenizer) -> OFALitModule:
-    """The model config takes its vocabulary size and special ids from the tokenizer."""
+    """The model config takes its vocabulary size and special ids from the tokenizer; the tokenizer's record
+    (identity + content) goes into every checkpoint, so a run's `.ckpt` alone rebuilds its model."""
     model_cfg = dataclasses.replace(typed(cfg.model), vocab_size=len(tokenizer), pad_token_id=tokenizer.pad,
                                     bos_token_id=tokenizer.bos, eos_token_id=tokenizer.eos)
     init_from = cfg.init_from if not cfg.ckpt_path else None  # resuming restores the weights anyway
-    return OFALitModule(model_cfg, tasks, typed(cfg.optim), typed(cfg.schedule), typed(cfg.module), init_from)
+    record = tokenizer_record(cfg.tokenizer.kind, cfg.tokenizer.path, tokenizer)
+    return OFALitModule(model_cfg, tasks, typed(cfg.optim), typed(cfg.schedule), typed(cfg.module), init_from,
+                        record)
 
 
 def build_logger(logger_cfg: DictConfig | None) -> pl.loggers.Logger | bool:

@@ -29,8 +29,11 @@ from ofa.modules.model import OFAModel
 from ofa.tasks.base import Task
 from ofa.tasks.losses import LossConfig, label_smoothed_cross_entropy
 from ofa.utils.ema import EMA
+from ofa.utils.logging import get_logger
 from ofa.utils.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler
 from ofa.utils.wandb import is_wandb_logger, log_prediction_table
+
+log = get_logger(__name__)
 
 
 class NonFiniteError(RuntimeError):
@@ -74,11 +77,12 @@ class OFALitModule(pl.LightningModule):
 
     def __init__(self, model_cfg: OFAConfig, tasks: dict[str, Task], optim: OptimConfig,
                  schedule: ScheduleConfig, module: ModuleConfig | None = None,
-                 init_from: str | None = None) -> None:
+                 init_from: str | None = None, tokenizer_record: dict | None = None) -> None:
         super().__init__()
         self.model_cfg, self.tasks, self.optim_cfg, self.schedule_cfg = model_cfg, tasks, optim, schedule
         self.cfg = module or ModuleConfig()
         self.init_from = init_from
+        self.tokenizer_record = tokenizer_record  # ofa.checkpoint_io.tokenizer_record: saved in every .ckpt
         self.model: OFAModel | None = None
         self.ema: EMA | None = None
         self.metrics = nn.ModuleDict({name: nn.ModuleDict(t.build_metrics()) for name, t in tasks.items()})
@@ -91,7 +95,7 @@ class OFALitModule(pl.LightningModule):
             return
         self.model = OFAModel(self.model_cfg)
         if self.init_from:
-            load_pretrained(self.model, self.init_from)
+            load_pretrained(self.model, self.init_from, self.tokenizer_record)
         if self.cfg.freeze_embeddings:
             self.model.encoder.embed_tokens.weight.requires_grad_(False)
         if self.cfg.ema.decay > 0:
@@ -236,6 +240,11 @@ class OFALitModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Besides Lightning's state: what rebuilds the model from this file alone (`checkpoint["ofa"]`:
+        config + tokenizer, for `init_from=` and `convert`), the non-finite counters and the EMA."""
+        from ofa.checkpoint_io import model_record
+
+        checkpoint["ofa"] = model_record(self.model_cfg, self.tokenizer_record)
         checkpoint["nonfinite"] = {"skipped": self.nonfinite_skipped, "in_row": self._nonfinite_in_row}
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
@@ -247,9 +256,24 @@ class OFALitModule(pl.LightningModule):
             self.ema.load_state_dict(checkpoint["ema"])
 
 
-def load_pretrained(model: OFAModel, path: str) -> None:
-    """Weights only (no optimiser/step) from an official fairseq `.pt`, an HF-port dir or a platform dir;
-    a different vocabulary size resizes the (tied) embedding as fairseq OFA does."""
-    from ofa.checkpoint import load_into_model
+def load_pretrained(model: OFAModel, path: str, tokenizer_record: dict | None = None) -> None:
+    """Weights only (no optimiser/step) from an official fairseq `.pt`, a platform run's `.ckpt`, an HF-port
+    dir or a platform dir. A checkpoint of another size is refused on one line; a different vocabulary
+    size resizes the (tied) embedding as fairseq OFA does; a checkpoint that carries another vocabulary
+    than the run's (by content hash) is loaded with a warning naming both."""
+    from ofa.checkpoint import check_same_size, load_state_dict, read_checkpoint
 
-    load_into_model(model, path, resize_embeddings=True)
+    ckpt = read_checkpoint(path)
+    check_same_size(ckpt, model.cfg)
+    warn_other_tokenizer(ckpt.meta.get("tokenizer"), tokenizer_record, path)
+    load_state_dict(model, ckpt.state_dict, resize_embeddings=True)
+
+
+def warn_other_tokenizer(held: dict | None, run: dict | None, path: str) -> None:
+    """Warn when the checkpoint's vocabulary (sha256 of its JSON) is not the run's: token ids would mean
+    other words. Fine-tuning an official model with another vocabulary is legitimate, hence no error."""
+    if not held or not run or held.get("sha256") == run.get("sha256"):
+        return
+    log.warning("%s was trained with the tokenizer %s=%s (sha256 %.12s), this run uses %s=%s (sha256 %.12s); "
+                "its token ids may mean other words", path, held.get("kind"), held.get("path"), held.get("sha256"),
+                run.get("kind"), run.get("path"), run.get("sha256"))

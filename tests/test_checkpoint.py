@@ -142,3 +142,58 @@ def test_key_renames_are_inverse():
     for key in keys:
         assert ck.hf_to_fairseq_key(ck.fairseq_to_hf_key(key)) == key
     assert ck.fairseq_to_hf_key(keys[2]) == "decoder.layers.1.cross_attn.k_proj.weight"
+
+
+def lightning_state(model: OFAModel, record: dict | None) -> dict:
+    """What a platform run's `.ckpt` holds, in the parts `ofa.checkpoint` reads."""
+    state = {"pytorch-lightning_version": "2.0", "global_step": 2,
+             "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+             "ema": {"encoder.image_proj.weight": torch.zeros_like(model.encoder.image_proj.weight)}}
+    return {**state, "ofa": record} if record is not None else state
+
+
+def test_lightning_checkpoint_reads_with_its_record_and_ema(tmp_path):
+    torch.manual_seed(0)
+    model = OFAModel(fs_config())
+    tok = {"kind": "trained", "path": "/x/tokenizer.json", "sha256": ck.text_sha256("{}"), "json": "{}"}
+    torch.save(lightning_state(model, {"version": 1, "model_config": fs_config().to_dict(), "tokenizer": tok}),
+               tmp_path / "last.ckpt")
+    ckpt = ck.read_checkpoint(tmp_path / "last.ckpt")
+    assert ckpt.config == fs_config() and ckpt.meta == {"format": "lightning", "ema": False, "tokenizer": tok}
+    same_weights(ckpt.state_dict, model.state_dict())
+    assert ck.read_checkpoint(tmp_path / "last.ckpt", ema=True).state_dict["encoder.image_proj.weight"].eq(0).all()
+    ck.convert(tmp_path / "last.ckpt", tmp_path / "plat")
+    assert (tmp_path / "plat" / ck.TOKENIZER_FILE).read_text() == "{}"
+    assert ck.read_checkpoint(tmp_path / "plat").meta["tokenizer"]["sha256"] == tok["sha256"]
+
+
+def test_lightning_checkpoint_without_record_says_so(tmp_path):
+    torch.save(lightning_state(OFAModel(fs_config()), None), tmp_path / "old.ckpt")
+    with pytest.raises(ck.CheckpointError, match="without the model config.*ckpt_path="):
+        ck.read_checkpoint(tmp_path / "old.ckpt")
+
+
+def test_other_size_is_named_on_one_line():
+    held = ck.Checkpoint({}, OFAConfig.from_preset("ofa_nano"), "nano.ckpt")
+    with pytest.raises(ck.CheckpointError) as err:
+        ck.check_same_size(held, OFAConfig.from_preset("ofa_tiny"))
+    assert str(err.value) == ("nano.ckpt holds d_model=128, 2+2 layers (ofa_nano); this run builds ofa_tiny "
+                              "(d_model=256, 4+4 layers); run with model=ofa_nano")
+    ck.check_same_size(held, OFAConfig.from_preset("ofa_nano", vocab_size=99, dropout=0.1))  # not size fields
+
+
+def test_failed_export_leaves_no_folder_and_keeps_the_previous_one(fairseq_pt, tmp_path, monkeypatch):
+    path, _, _ = fairseq_pt
+    out = tmp_path / "out" / "hf"
+    ck.convert(path, out, "hf")
+    before = sorted(p.name for p in out.iterdir())
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ck.torch, "save", disk_full)  # fails after the staging folder was made
+    for target in (out, tmp_path / "out" / "new"):
+        with pytest.raises(OSError, match="No space"):
+            ck.convert(path, target, "hf")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hf"]  # no staging folder, no "new"
+    assert sorted(p.name for p in out.iterdir()) == before

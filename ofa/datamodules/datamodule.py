@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from ofa.datamodules.pipeline import EvalStream, ShardLoader, Source, StreamConfig, TrainStream
 from ofa.datamodules.shards import REASONS, Shards, SkipCounter, expand_shards
+from ofa.errors import check_values
 
 SPLITS = ("train", "val", "test")
 SHARD_KEYS = tuple(f"{split}_shards" for split in SPLITS)
@@ -63,11 +64,15 @@ class LoaderConfig:
     persistent_workers: bool = False
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1) \
-                or self.num_workers < 0:
-            raise ValueError(f"OFADataModule: need batch sizes >= 1 and num_workers >= 0, got batch_size="
-                             f"{self.batch_size}, eval_batch_size={self.eval_batch_size}, "
-                             f"num_workers={self.num_workers}")
+        """Refuse unusable loader values at start, on one line naming the config key (`RunConfigError`, a
+        ValueError): `config error: data.batch_size=-4: need batch sizes >= 1`."""
+        eval_ok = self.eval_batch_size is None or self.eval_batch_size >= 1
+        check_values([("data.batch_size", self.batch_size, self.batch_size >= 1, "need batch sizes >= 1"),
+                      ("data.eval_batch_size", self.eval_batch_size, eval_ok, "need batch sizes >= 1"),
+                      ("data.num_workers", self.num_workers, self.num_workers >= 0, "need num_workers >= 0"),
+                      ("data.batches_per_epoch", self.batches_per_epoch, self.batches_per_epoch >= 1,
+                       "need batches_per_epoch >= 1"),
+                      ("data.shuffle_buffer", self.shuffle_buffer, self.shuffle_buffer >= 0, "must be >= 0")])
 
 
 def build_sources(entries: Mapping[str, Mapping[str, Any]], tasks: Mapping[str, Any],

@@ -31,6 +31,12 @@ from ofa.datamodules.shards import SkipCounter, SkipSample, decode_sample, read_
 MAX_CONSECUTIVE_SKIPS = 1000  # a training source that yields nothing for this long is misconfigured
 
 
+class DataError(RuntimeError):
+    """A training source without usable data; the message names the task and the last skipped sample
+    with its cause. Raised in a DataLoader worker, re-raised by the loader in the trainer's process
+    (train.py prints it on one line, exit 3)."""
+
+
 @dataclass
 class Source:
     """One task's shards for one split, with its mixture weight (training only)."""
@@ -54,23 +60,29 @@ class StreamConfig:
 
 
 def prepare(raw: dict[str, Any], task: Any, split: str, cfg: StreamConfig, counter: SkipCounter,
-            rng: StreamRNG | None = None) -> dict | None:
+            rng: StreamRNG | None = None, last_skip: list[str] | None = None) -> dict | None:
     """Decode and preprocess one raw sample (under `rng`'s private RNG states if given); None (counted by
-    reason) if it cannot be used."""
+    reason, and described in `last_skip[0]` if given) if it cannot be used."""
+    where = f"{task.name} sample {raw.get('__key__')} of {raw.get('__url__')}"
     try:
         item = decode_sample(raw, cfg.max_image_pixels)
     except SkipSample as skip:
-        counter.add(skip.reason, skip.detail)
-        return None
+        return _skip(counter, skip.reason, f"{where}: {skip.detail}", last_skip)
     try:
         with rng or contextlib.nullcontext():
             sample = task.preprocess(item, split)
     except Exception as exn:  # noqa: BLE001 - one bad sample must not end a run; counted and warned once
-        counter.add("preprocess_error", f"{task.name} {raw['__key__']}: {exn!r}")
-        return None
+        return _skip(counter, "preprocess_error", f"{where}: {type(exn).__name__}: {exn}", last_skip)
     if sample is None:
-        counter.add("missing_fields", f"{task.name} {raw['__key__']} ({raw['__url__']})")
+        return _skip(counter, "missing_fields", where, last_skip)
     return sample
+
+
+def _skip(counter: SkipCounter, reason: str, detail: str, last_skip: list[str] | None) -> None:
+    """Count a skipped sample; remember its description for the error that ends a source without data."""
+    counter.add(reason, detail)
+    if last_skip is not None:
+        last_skip[:] = [f"{reason}: {detail}"]
 
 
 def _worker() -> tuple[int, int]:
@@ -182,14 +194,14 @@ class TrainStream(_Stream):
         rng = random.Random(tag)
         raw = wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=rng)(
             self._resampled(source, rng))
-        skipped = 0
+        skipped, last_skip = 0, [""]
         for item in raw:
-            sample = prepare(item, source.task, "train", self.cfg, self.counter, aug_rng)
+            sample = prepare(item, source.task, "train", self.cfg, self.counter, aug_rng, last_skip)
             skipped = 0 if sample is not None else skipped + 1
             if sample is not None:
                 yield sample
             elif skipped >= MAX_CONSECUTIVE_SKIPS:
-                self._give_up(source, f"{skipped} consecutive samples were skipped")
+                self._give_up(source, f"{skipped} consecutive samples were skipped, the last: {last_skip[0]}")
 
     def _resampled(self, source: Source, rng: random.Random) -> Iterator[dict]:
         """Raw samples of shards drawn with replacement, forever."""
@@ -203,8 +215,8 @@ class TrainStream(_Stream):
                 self._give_up(source, f"{empty} consecutive shards gave no samples")
 
     def _give_up(self, source: Source, why: str) -> None:
-        raise RuntimeError(f"no usable training data for task {source.task.name!r}: {why}; "
-                           f"skipped so far {self.counter.counts()}")
+        counts = {reason: n for reason, n in self.counter.counts().items() if n}
+        raise DataError(f"no usable training data for task {source.task.name!r}: {why}; skipped so far {counts}")
 
 
 class EvalStream(_Stream):

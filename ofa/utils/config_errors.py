@@ -4,9 +4,11 @@
   composition errors over several lines and exits with 1; this makes them propagate (HYDRA_FULL_ERROR=1
   inside the block), prints `config error: ...` once and exits with 2.
 - `exit_on_fault`: the run's own checks (`RunConfigError`: missing shards, impossible model/task/tokenizer
-  combinations, `ckpt_path`), unreadable or unsafe checkpoints (`CheckpointError`), and a run stopped by
-  non-finite losses (`NonFiniteError`).
-Errors that are not about the config or the checkpoints keep their full traceback.
+  combinations, `ckpt_path`, out-of-range values from the config dataclasses' `__post_init__`), unreadable,
+  unsafe or wrong-sized checkpoints (`CheckpointError`), a run stopped by non-finite losses
+  (`NonFiniteError`), and data errors (`DataError`, or any exception a DataLoader worker raised: the
+  loader re-raises it with the worker's whole traceback as its message; its last line is printed).
+Errors that are not about the config, the checkpoints or the data keep their full traceback.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ofa.safe_load import CheckpointError
 CONFIG_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException,
                  OmegaConfBaseException)
 EXIT_CODE = 2
+WORKER_ERROR = re.compile(r"^Caught (\w+) in (DataLoader worker process \d+)")
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -79,9 +82,33 @@ def exit_on_config_error() -> Iterator[None]:
             os.environ["HYDRA_FULL_ERROR"] = previous
 
 
+def worker_error(exc: BaseException) -> str | None:
+    """For an exception a DataLoader worker raised (re-raised by the loader as `Caught X in DataLoader worker
+    process N.` + the worker's traceback): `X: <its original message> (DataLoader worker process N)` on one
+    line; None for any other exception."""
+    text = str(exc)
+    found = WORKER_ERROR.match(text)
+    if not found:
+        return None
+    last = [ln for ln in text.splitlines() if ln.strip()][-1]  # `module.X: message`, the traceback's end
+    message = re.sub(r"^[\w.]*?(\w+): ", r"\1: ", last.strip(), count=1).removeprefix("DataError: ")
+    return f"{message} ({found.group(2)})"
+
+
+def data_error(exc: BaseException) -> str | None:
+    """The one line for a data error (`DataError` in this process, or anything from a loader worker)."""
+    from ofa.datamodules.pipeline import DataError
+
+    from_worker = worker_error(exc)
+    if from_worker is not None:
+        return from_worker
+    return str(exc) if isinstance(exc, DataError) else None
+
+
 @contextmanager
 def exit_on_fault() -> Iterator[None]:
-    """`config error: ...` / `checkpoint error: ...` (exit 2) or `error: ...` (exit 3) on one line."""
+    """`config error: ...` / `checkpoint error: ...` (exit 2), `error: ...` / `data error: ...` (exit 3) on
+    one line."""
     from ofa.lit_module import NonFiniteError  # here, so the config-error helpers import no model code
 
     try:
@@ -94,4 +121,10 @@ def exit_on_fault() -> Iterator[None]:
         sys.exit(EXIT_CODE)
     except NonFiniteError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(3)
+    except Exception as err:  # only data errors end here; anything else is re-raised as it was
+        line = data_error(err)
+        if line is None:
+            raise
+        print(f"data error: {line}", file=sys.stderr)
         sys.exit(3)

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from ofa.errors import check_values
+
 NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 
@@ -25,6 +27,14 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.01
 
+    def __post_init__(self) -> None:
+        """Refuse values AdamW cannot use, at start and on one line (`config error: optim.lr=-1.0: ...`)."""
+        check_values([("optim.lr", self.lr, self.lr > 0, "must be > 0"),
+                      ("optim.betas", list(self.betas), len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                       "must be two numbers in [0, 1)"),
+                      ("optim.eps", self.eps, self.eps > 0, "must be > 0"),
+                      ("optim.weight_decay", self.weight_decay, self.weight_decay >= 0, "must be >= 0")])
+
 
 @dataclass
 class ScheduleConfig:
@@ -34,6 +44,13 @@ class ScheduleConfig:
     warmup_ratio: float = 0.06
     end_lr: float = 0.0
     power: float = 1.0
+
+    def __post_init__(self) -> None:
+        """Refuse a schedule that cannot run, at start and on one line."""
+        check_values([("schedule.warmup_steps", self.warmup_steps, self.warmup_steps >= 0, "must be >= 0"),
+                      ("schedule.warmup_ratio", self.warmup_ratio, 0 <= self.warmup_ratio < 1, "must be in [0, 1)"),
+                      ("schedule.end_lr", self.end_lr, self.end_lr >= 0, "must be >= 0"),
+                      ("schedule.power", self.power, self.power > 0, "must be > 0")])
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
