@@ -1,10 +1,13 @@
 """The real entry point, as a subprocess: fast_dev_run, W&B offline, checkpoints and resume, validate,
-init_from, config errors, multirun and a 2-process CPU DDP run with equal batch counts per rank."""
+init_from, config errors, sweeps (`-m`, `hparams_search`) and their summary, shard patterns as the docs type
+them (quoted: trains; unquoted: refused) and a 2-process CPU DDP run with equal batch counts per rank."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -125,12 +128,90 @@ def test_config_errors_print_one_line_and_exit_2(override: str, needle: str, con
     assert len(lines) == 1 and lines[0].startswith("config error:") and needle in lines[0]
 
 
-@pytest.mark.slow
-def test_multirun_sweeps_lr(synthetic_data_dir: Path, tmp_path: Path) -> None:
-    overrides = [o for o in base_overrides(synthetic_data_dir, tmp_path) if not o.startswith("hydra.run")]
-    run_train(["-m", "optim.lr=1e-3,2e-3", f"hydra.sweep.dir={tmp_path / 'sweep'}", "debug=fdr", "logger=none",
-               *overrides])
-    assert sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/metrics.json")) == ["0", "1"]
+def train_env() -> dict:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def rooted_overrides(data_dir: Path, root: Path) -> list[str]:
+    """base_overrides with outputs under `root` (`paths.root_dir`) and Hydra's own run and sweep dirs."""
+    return [f"paths.root_dir={root}", "logger=none",
+            *(o for o in base_overrides(data_dir, root) if not o.startswith("hydra."))]
+
+
+def shell(typed: str, args: list[str]) -> list[str]:
+    """`bash -c 'python train.py TYPED ARGS'`: TYPED as a user types it (as the docs write it), ARGS (the
+    tiny model and data) quoted for the shell."""
+    return ["bash", "-c", f"{shlex.quote(sys.executable)} {shlex.quote(str(ROOT / 'train.py'))} {typed} {shlex.join(args)}"]
+
+
+SWEEPS = {"-m optim.lr=1e-5,3e-5": [1e-5, 3e-5], "hparams_search=lr": [1e-4, 3e-4, 1e-3]}
+
+
+@pytest.fixture(scope="module")
+def sweep_runs(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Each documented sweep command (fast_dev_run jobs), two at a time: name -> (process, root dir).
+    Neither overrides hydra.sweep.dir: the sweep dir is the one the docs promise, under paths.root_dir."""
+    roots = {name: tmp_path_factory.mktemp("sweep") for name in SWEEPS}
+    cmds = [shell(n, [*rooted_overrides(synthetic_data_dir, roots[n]), "debug=fdr"]) for n in SWEEPS]
+    return {n: (p, roots[n]) for n, p in zip(SWEEPS, run_concurrently(cmds, ROOT, train_env()))}
+
+
+@pytest.mark.parametrize("command", list(SWEEPS))
+def test_sweep_writes_one_summary_of_every_job(command: str, sweep_runs: dict) -> None:
+    proc, root = sweep_runs[command]
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sweep_dirs = list((root / "multirun" / "caption_ofa_nano").iterdir())
+    assert len(sweep_dirs) == 1, sweep_dirs  # multirun/<run_name>/<time>/, one for the whole sweep
+    jobs = sorted(p.parent.name for p in sweep_dirs[0].glob("*/metrics.json"))
+    assert jobs == [str(i) for i in range(len(SWEEPS[command]))]
+    with (sweep_dirs[0] / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["optim.lr"]) for r in rows] == SWEEPS[command]
+    assert all(float(r["val/caption/loss"]) > 0 and r["test/caption/cider"] != "" for r in rows)
+    assert f"sweep summary ({len(rows)} jobs) written to {sweep_dirs[0] / 'summary.csv'}" in proc.stdout
+    assert re.search(r"^job\s+optim\.lr\s+val/caption/bleu4", proc.stdout, flags=re.M)
+
+
+def test_a_run_too_short_to_validate_says_so(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    from ofa.utils.report import NO_METRICS_NOTE
+
+    run_dir = tmp_path / "short"
+    proc = run_train(base_overrides(synthetic_data_dir, run_dir) + [
+        "logger=none", "trainer.max_epochs=1", "data.batches_per_epoch=1", "trainer.limit_val_batches=0",
+        "test_after_fit=false"])
+    assert read_metrics(run_dir) == {"note": NO_METRICS_NOTE}
+    assert f"final metrics: {NO_METRICS_NOTE}" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def shard_pattern_runs(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The documented shard pattern typed quoted (trains) and unquoted (refused), two at a time."""
+    root = tmp_path_factory.mktemp("pattern")
+    pattern = f"{synthetic_data_dir}/train-{{000000..000005}}.tar"  # the fixture's 6 training shards
+    args = [o for o in rooted_overrides(synthetic_data_dir, root) if not o.startswith("data.train_shards=")]
+    args.append("debug=fdr")
+    cmds = [shell(shlex.quote(f"data.train_shards={pattern}"), args), shell(f"data.train_shards={pattern}", args)]
+    quoted, unquoted = run_concurrently(cmds, ROOT, train_env())
+    return {"quoted": quoted, "unquoted": unquoted, "root": root, "pattern": pattern}
+
+
+def test_a_quoted_brace_pattern_trains_on_every_shard(shard_pattern_runs: dict) -> None:
+    proc, root = shard_pattern_runs["quoted"], shard_pattern_runs["root"]
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (run_dir,) = (root / "outputs" / "caption_ofa_nano").iterdir()
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert f"train_shards: {shard_pattern_runs['pattern']}" in config
+    assert "val/caption/cider" in read_metrics(run_dir)
+
+
+def test_an_unquoted_brace_pattern_is_refused_on_one_line(shard_pattern_runs: dict) -> None:
+    proc = shard_pattern_runs["unquoted"]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("config error: data.train_shards given 6 times: quote the brace pattern")
+    assert lines[0].endswith(f"'data.train_shards={shard_pattern_runs['pattern']}'")
 
 
 @pytest.mark.slow

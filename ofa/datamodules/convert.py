@@ -185,10 +185,13 @@ def shard_pattern(split: str, n: int) -> str:
 
 
 def _summary_line(summary: dict[str, Any], out: Path) -> str:
+    """Totals, skips by reason, and the train.py override to paste (quoted: the shell must keep the braces)."""
     line = (f"{summary['format']}: wrote {summary['total']} samples in {len(summary['shards'])} shard(s) "
             f"to {out / summary['pattern']}; skipped {summary['skipped_total']} of {summary['records']} records")
     if summary["skipped"]:
         line += " (" + ", ".join(f"{reason}: {n}" for reason, n in summary["skipped"].items()) + ")"
+    if summary["split"] in ("train", "val", "test"):
+        line += f"; pass to train.py: 'data.{summary['split']}_shards={out / summary['pattern']}'"
     return line
 
 
