@@ -16,6 +16,7 @@ from ofa.datamodules.datamodule import SHARD_KEYS, LoaderConfig, OFADataModule, 
 from ofa.datamodules.synthetic import ensure_synthetic_dataset
 from ofa.errors import RunConfigError
 from ofa.lit_module import OFALitModule
+from ofa.own_data import prepare_own_data
 from ofa.schemas import task_config_class
 from ofa.tasks import TASKS, Task
 from ofa.tokenizer import OFATokenizer, build_tokenizer
@@ -36,11 +37,14 @@ def typed(node: DictConfig) -> Any:
     return OmegaConf.to_object(node)
 
 
-def prepare_data_dir(data_cfg: DictConfig) -> None:
-    """Generate the synthetic dataset on first use (no-op for real data: `synthetic_dir: null`)."""
-    if data_cfg.get("synthetic_dir"):
-        path = ensure_synthetic_dataset(data_cfg.synthetic_dir)
+def prepare_data_dir(cfg: DictConfig) -> None:
+    """Before the tokenizer and tasks are built: generate the synthetic dataset on first use
+    (`data.synthetic_dir`), then fill in what follows the data (`ofa.own_data`): `data.root`, absent default
+    splits, and the answers, classes and tokenizer derived from the user's training shards (cached beside them)."""
+    if cfg.data.get("synthetic_dir"):
+        path = ensure_synthetic_dataset(cfg.data.synthetic_dir)
         log.info("synthetic dataset: %s", path)
+    prepare_own_data(cfg)
 
 
 def build_tasks(task_cfg: DictConfig, tokenizer: OFATokenizer) -> dict[str, Task]:
@@ -127,4 +131,8 @@ def build_trainer(trainer_cfg: DictConfig, logger: Any, callbacks: list[pl.Callb
 
 
 def build_tokenizer_from(tok_cfg: DictConfig) -> OFATokenizer:
-    return build_tokenizer(**plain(tok_cfg))
+    """The configured vocabulary; missing files end the run with one line naming `tokenizer.path`."""
+    try:
+        return build_tokenizer(**plain(tok_cfg))
+    except FileNotFoundError as err:
+        raise RunConfigError(f"tokenizer.path={tok_cfg.path}: {err}") from None
