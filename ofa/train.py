@@ -59,7 +59,7 @@ def train(cfg: DictConfig) -> float | None:
     """One run (a sweep calls it once per job); returns the monitored metric, the objective for sweepers."""
     pl.seed_everything(cfg.seed, workers=True)
     cfg.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)  # `last`: this run name's newest
-    factory.prepare_data_dir(cfg.data)
+    factory.prepare_data_dir(cfg)  # synthetic world, or defaults derived from the own shards
     tokenizer = factory.build_tokenizer_from(cfg.tokenizer)
     tasks = factory.build_tasks(cfg.task, tokenizer)
     check_shards(cfg.data, tasks)  # a shard pattern without any file
