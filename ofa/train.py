@@ -24,7 +24,7 @@ from ofa.tokenizer import OFATokenizer
 from ofa.utils.config_errors import exit_on_config_error, exit_on_fault
 from ofa.utils.overrides import prepare_overrides
 from ofa.utils.report import collect_metrics, format_table, rank_summary, write_metrics_json
-from ofa.utils.wandb import default_offline
+from ofa.utils.wandb import default_offline, print_sync_hint
 
 
 def run_stage(cfg: DictConfig, trainer: pl.Trainer, module: pl.LightningModule, dm: pl.LightningDataModule) -> dict:
@@ -75,6 +75,7 @@ def train(cfg: DictConfig) -> float | None:
         print(format_table(metrics))
         path = write_metrics_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")
         print(f"metrics written to {path}")
+    print_sync_hint(trainer)  # offline W&B: the `wandb sync <dir>` line (rank 0)
     return metrics.get(monitor_key(cfg.task.name, cfg.task.monitor))
 
 
