@@ -1,20 +1,106 @@
-"""Run several independent commands (e.g. train.py with different overrides) two at a time: each one spends
-most of its few seconds importing torch and Lightning on one core, so pairs finish in about half the time."""
+"""Run the real `python train.py ...` commands of the tests cheaply.
+
+- `run_command(cmd, cwd, env)`: like `subprocess.run(..., capture_output=True, text=True)`. A command that
+  is `<this python> <checkout>/train.py ...` is started by the train server (tests/train_server.py): a
+  process of its own, forked from one that already imported torch and Lightning, so it skips ~4 s of
+  imports. Anything else is a plain subprocess.
+- `run_concurrently(commands, cwd, env)`: several independent commands two at a time (the machine's cores).
+"""
 from __future__ import annotations
 
+import atexit
+import itertools
+import json
+import os
+import signal
 import subprocess
+import sys
+import tempfile
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = str(ROOT / "train.py")
+SERVER = Path(__file__).resolve().parent / "train_server.py"
 PARALLEL = 2  # the CI machine's cores
+
+
+class TrainServer:
+    """Client of one train server process (started on first use, ended with the test session)."""
+
+    def __init__(self) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        self.proc = subprocess.Popen([sys.executable, str(SERVER)], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+        ready = self.proc.stdout.readline()
+        if '"ready"' not in ready:
+            raise RuntimeError(f"train server did not start: {ready!r}")
+        self.ids = itertools.count()
+        self.events: dict[str, dict] = {}
+        self.changed = threading.Condition()
+        self.send_lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+        atexit.register(self.close)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            message = json.loads(line)
+            with self.changed:
+                self.events.setdefault(message["id"], {}).update(message)
+                self.changed.notify_all()
+
+    def _wait_for(self, run_id: str, key: str, timeout: float | None) -> dict:
+        with self.changed:
+            if not self.changed.wait_for(lambda: key in self.events.get(run_id, {}), timeout=timeout):
+                return {}
+            return self.events[run_id]
+
+    def run(self, argv: Sequence[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        run_id = str(next(self.ids))
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
+            request = {"id": run_id, "argv": list(argv), "env": dict(env), "cwd": str(cwd), "out": out, "err": err}
+            with self.send_lock:
+                self.proc.stdin.write(json.dumps(request) + "\n")
+                self.proc.stdin.flush()
+            pid = self._wait_for(run_id, "pid", 60)["pid"]
+            done = self._wait_for(run_id, "rc", timeout)
+            if not done:
+                os.killpg(pid, signal.SIGKILL)
+                raise subprocess.TimeoutExpired([sys.executable, *argv], timeout)
+            stdout, stderr = Path(out).read_text(errors="replace"), Path(err).read_text(errors="replace")
+        return subprocess.CompletedProcess([sys.executable, *argv], done["rc"], stdout, stderr)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+
+_server: TrainServer | None = None
+_server_lock = threading.Lock()
+
+
+def train_server() -> TrainServer:
+    global _server
+    with _server_lock:
+        if _server is None or _server.proc.poll() is not None:
+            _server = TrainServer()
+        return _server
+
+
+def run_command(cmd: Sequence[str], cwd: Path, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`subprocess.run` semantics (output captured as text); train.py commands go through the train server."""
+    cmd = [str(c) for c in cmd]
+    if len(cmd) >= 2 and cmd[0] == sys.executable and cmd[1] == TRAIN:
+        return train_server().run(cmd[1:], cwd, env, timeout)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def run_concurrently(commands: Sequence[Sequence[str]], cwd: Path, env: dict, timeout: float = 300,
                      parallel: int = PARALLEL) -> list[subprocess.CompletedProcess]:
-    """`subprocess.run` of every command (output captured as text), `parallel` at a time; results in order."""
-    def run(cmd: Sequence[str]) -> subprocess.CompletedProcess:
-        return subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
+    """`run_command` of every command, `parallel` at a time; results in order."""
     with ThreadPoolExecutor(parallel) as pool:
-        return list(pool.map(run, commands))
+        return list(pool.map(lambda cmd: run_command(cmd, cwd, env, timeout), commands))

@@ -14,7 +14,7 @@ import pytest
 import pytorch_lightning  # noqa: F401  # sets the rank that ofa's rank-zero logger (as in train.py) needs
 from omegaconf import OmegaConf
 from PIL import Image
-from subprocess_runs import run_concurrently
+from subprocess_runs import run_command, run_concurrently
 
 from ofa import own_data
 from ofa.errors import RunConfigError
@@ -46,7 +46,7 @@ def train_cmd(run_dir: Path, *overrides: str) -> list[str]:
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    proc = run_command(cmd, ROOT, env())
     assert proc.returncode == 0, f"{cmd[:3]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from subprocess_runs import run_command
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +56,7 @@ def env() -> dict:
 
 
 def train(args: list[str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = run_command([sys.executable, str(ROOT / "train.py"), *args], ROOT, env(), 600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 

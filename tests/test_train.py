@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from subprocess_runs import run_concurrently
+from subprocess_runs import run_command, run_concurrently
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # seconds per run: a hang (e.g. on the network) fails the test instead of blocking CI
@@ -38,8 +38,7 @@ def base_overrides(data_dir: Path, run_dir: Path) -> list[str]:
 def run_train(args: list[str], env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    proc = run_command([sys.executable, str(ROOT / "train.py"), *args], ROOT, full_env, TIMEOUT)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

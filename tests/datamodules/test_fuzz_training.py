@@ -24,6 +24,7 @@ from PIL import Image
 
 from ofa.datamodules.convert import convert_tsv
 from ofa.datamodules.shards import read_shard
+from subprocess_runs import run_command
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_PIXELS = 20_000  # data.max_image_pixels of the run: the synthetic 64x64 images pass, a 200x200 does not
@@ -107,8 +108,7 @@ def converted_tsv_shard(out: Path, good: list[dict]) -> tuple[str, dict]:
 def run_train(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline"}
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = run_command([sys.executable, str(ROOT / "train.py"), *args], ROOT, env)
     assert proc.returncode == 0, f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
