@@ -163,6 +163,11 @@ def test_experiment_overrides_groups(tmp_path: Path) -> None:
     assert cli.model.d_model == PRESETS["ofa_tiny"]["d_model"]  # the command line beats the recipe
 
 
+def test_adamw_scratch_scales_the_image_projection(tmp_path: Path) -> None:
+    assert dict(compose_cfg([], tmp_path).optim.lr_scale) == {}
+    assert dict(compose_cfg(["optim=adamw_scratch"], tmp_path).optim.lr_scale) == {"image_proj": 0.1}
+
+
 def test_sweep_config(tmp_path: Path) -> None:
     cfg = compose_cfg(["hparams_search=lr"], tmp_path)
     assert "optim.lr" in cfg.hydra.sweeper.params

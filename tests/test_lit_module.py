@@ -94,7 +94,7 @@ def test_mixture_batch_has_a_loss_per_task(tokenizer, synthetic_data_dir: Path) 
 def test_param_groups_skip_decay_on_norms_biases_embeddings(tokenizer) -> None:
     module = make_module(tokenizer, freeze_embeddings=True)
     module.configure_model()
-    decay, no_decay = param_groups(module.model, 0.01)
+    decay, no_decay = param_groups(module.model, 0.01, 1e-3)
     names = {id(p): n for n, p in module.model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     undecayed = {names[id(p)] for p in no_decay["params"]}

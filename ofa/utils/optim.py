@@ -7,7 +7,8 @@ Unlike fairseq, no weight decay on biases, norms and embeddings (the usual trans
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Dict
 
 import torch
 from torch import nn
@@ -26,6 +27,9 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.01
+    # module name -> lr multiplier of its parameters, e.g. {image_proj: 0.1, decoder: 0.3}: a key matches the
+    # parameters whose dotted name contains it as whole components; the longest matching key wins
+    lr_scale: Dict[str, float] = field(default_factory=dict)  # noqa: UP006 - OmegaConf needs typing.Dict
 
     def __post_init__(self) -> None:
         """Refuse values AdamW cannot use, at start and on one line (`config error: optim.lr=-1.0: ...`)."""
@@ -33,7 +37,8 @@ class OptimConfig:
                       ("optim.betas", list(self.betas), len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
                        "must be two numbers in [0, 1)"),
                       ("optim.eps", self.eps, self.eps > 0, "must be > 0"),
-                      ("optim.weight_decay", self.weight_decay, self.weight_decay >= 0, "must be >= 0")])
+                      ("optim.weight_decay", self.weight_decay, self.weight_decay >= 0, "must be >= 0"),
+                      *((f"optim.lr_scale.{k}", v, v > 0, "must be > 0") for k, v in self.lr_scale.items())])
 
 
 @dataclass
@@ -53,23 +58,35 @@ class ScheduleConfig:
                       ("schedule.power", self.power, self.power > 0, "must be > 0")])
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters split into decayed (matrices) and not decayed (biases, norms, embeddings)."""
+def lr_multiplier(name: str, lr_scale: dict[str, float]) -> float:
+    """The multiplier of the longest key of `lr_scale` found in `name` as whole dotted components (else 1.0):
+    `image_proj` matches `encoder.image_proj.weight`, not `encoder.image_projection.weight`."""
+    matches = [key for key in lr_scale if f".{key}." in f".{name}."]
+    return lr_scale[max(matches, key=len)] if matches else 1.0
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float, lr_scale: dict[str, float] | None = None
+                 ) -> list[dict]:
+    """Trainable parameters grouped by (decayed or not, lr multiplier): matrices are decayed; biases, norms and
+    embeddings are not. Each group's `lr` is its peak lr (the schedule multiplies it). The unscaled groups come
+    first (decayed, then not), so group 0's lr is the run's `optim.lr` schedule (logged as `train/lr`)."""
     no_decay: set[int] = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if isinstance(module, NO_DECAY_MODULES) or name.endswith("bias") or p.ndim < 2:
                 no_decay.add(id(p))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in trainable if id(p) not in no_decay], "weight_decay": weight_decay},
-        {"params": [p for p in trainable if id(p) in no_decay], "weight_decay": 0.0},
-    ]
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            key = (id(p) not in no_decay, lr_multiplier(name, lr_scale or {}))
+            groups.setdefault(key, []).append(p)
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale}
+            for (decay, scale), params in sorted(groups.items(), key=lambda kv: (kv[0][1] != 1.0, not kv[0][0], kv[0][1]))]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
-                             eps=cfg.eps)
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.lr, cfg.lr_scale), lr=cfg.lr,
+                             betas=tuple(cfg.betas), eps=cfg.eps)
 
 
 def polynomial_factor(step: int, total: int, warmup: int, peak: float, end: float, power: float) -> float:
