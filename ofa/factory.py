@@ -12,7 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ofa.callbacks import RNGStateCallback
 from ofa.checkpoint_io import AtomicCheckpointIO, tokenizer_record
-from ofa.datamodules.datamodule import SHARD_KEYS, LoaderConfig, OFADataModule, build_sources
+from ofa.datamodules.datamodule import LoaderConfig, OFADataModule, build_sources
+from ofa.datamodules.shards import SHARD_KEYS
 from ofa.datamodules.synthetic import ensure_synthetic_dataset
 from ofa.errors import RunConfigError
 from ofa.lit_module import OFALitModule

@@ -183,7 +183,8 @@ def data_schema() -> type:
     """The data config: `LoaderConfig`'s fields; the shared shard patterns `{split}_shards` (written from
     `root`; `synthetic_dir` generates the synthetic dataset there on first use, null for real data); and
     `sources`, task name -> `TaskSource`'s fields less `task`, whose patterns default to the shared ones."""
-    from ofa.datamodules.datamodule import SHARD_KEYS, LoaderConfig, TaskSource
+    from ofa.datamodules.datamodule import LoaderConfig, TaskSource
+    from ofa.datamodules.shards import SHARD_KEYS
 
     inherit = {key: f"${{...{key}}}" for key in SHARD_KEYS}  # data.sources.<name>.<key> -> data.<key>
     source = dataclasses.make_dataclass("SourceSchema", dataclass_fields(TaskSource, ("task",), inherit))

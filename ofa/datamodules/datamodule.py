@@ -21,7 +21,6 @@ from ofa.datamodules.shards import REASONS, Shards, SkipCounter, expand_shards
 from ofa.errors import check_values
 
 SPLITS = ("train", "val", "test")
-SHARD_KEYS = tuple(f"{split}_shards" for split in SPLITS)
 # TrainStream.__len__ is exact (each worker yields its share of batches_per_epoch), so Lightning's generic
 # warning about the length of multi-worker IterableDatasets does not apply.
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")

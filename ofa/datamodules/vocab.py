@@ -8,9 +8,7 @@ second run reuses them. Only the json members of the shards are read (no image i
 from __future__ import annotations
 
 import json
-import logging
 import os
-import tarfile
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,13 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from webdataset.tariterators import base_plus_ext
-
-from ofa.datamodules.shards import IMAGE_KEYS
+from ofa.datamodules.shards import IMAGE_KEYS, SkipCounter, read_shard
 from ofa.datamodules.synthetic import PROMPTS
 from ofa.tokenizer import OFATokenizer, train_tokenizer
 
-log = logging.getLogger(__name__)
 TEXT_FIELDS = ("label", "text", "text_b", "summary")
 DERIVED_VOCAB_SIZE = 8000  # BPE merges + bytes + specials at most; a small corpus stops earlier
 
@@ -41,26 +36,12 @@ class ShardVocab:
 
 
 def read_records(url: str) -> Iterator[tuple[dict[str, Any], bool]]:
-    """`(json record, has an image)` of every sample of a local tar shard, whose members are grouped by key
-    as webdataset groups them. A damaged shard yields the samples before the damage (as the loader reads)."""
-    try:
-        with tarfile.open(url) as tar:
-            key, record, has_image = None, None, False
-            for member in tar:
-                base, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
-                if base is None:
-                    continue
-                if base != key:
-                    if record is not None:
-                        yield record, has_image
-                    key, record, has_image = base, None, False
-                if ext == "json":
-                    record = _load_json(tar.extractfile(member).read())
-                has_image = has_image or ext.lower() in IMAGE_KEYS
-            if record is not None:
-                yield record, has_image
-    except (OSError, EOFError, tarfile.TarError) as err:
-        log.warning("scanning %s: %s (its remaining samples are not scanned)", url, err)
+    """`(json record, has an image)` of every sample of a local tar shard that has a json member, read as the
+    loader reads shards (`read_shard`: a damaged shard yields the samples before the damage, with a warning)."""
+    for raw in read_shard(url, SkipCounter()):
+        record = _load_json(raw["json"]) if "json" in raw else None
+        if record is not None:
+            yield record, any(key in IMAGE_KEYS for key in raw)
 
 
 def _load_json(data: bytes) -> dict[str, Any] | None:
