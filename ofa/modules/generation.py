@@ -25,7 +25,8 @@ with `</s>`; `positional_scores` holds the log-prob of each of those tokens.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,9 @@ class GenerationConfig:
     gen_code: bool = False  # ban ids 0..3 (incl. </s>) before the last step: image-code generation
     constraints_after_softmax: bool = False  # mask range/trie on log-probs, not logits (OFA's --zero-shot)
     return_all: bool = True  # all finished hypotheses (best first) or only the best
+    # CPU: the decoding loop runs on one intra-op thread when it starts with at most this many hypotheses
+    # (rows); 0 = never. See `step_threads`.
+    single_thread_rows: int = 64
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -70,6 +74,27 @@ class GenerationConfig:
             raise ValueError(f"sampling_topp must be <= 1, got {self.sampling_topp}")
         if self.constraint_range is not None:
             self.constraint_range = (int(self.constraint_range[0]), int(self.constraint_range[1]))
+
+
+@contextmanager
+def step_threads(rows: int, max_rows: int, device: torch.device) -> Iterator[None]:
+    """One intra-op thread for the block when it decodes at most `max_rows` rows on the CPU.
+
+    A cached decoder step on a few rows is hundreds of small ops (8-40 rows x 256 features: 10-100 us each),
+    and each multi-threaded op pays an OpenMP fork/join; when the machine is busy, that join waits for a
+    descheduled thread (~5 ms per op measured here at load 3, 2 threads), which made decoding 1.4-2x slower
+    than on one thread (experiments/README.md, issue 12). The encoder (ResNet, full-sequence layers) keeps
+    every thread. The previous thread count is restored on exit.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or rows > max_rows or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -119,7 +144,12 @@ class SequenceGenerator:
         max_len = int(self.cfg.max_len_a * src_tokens.size(1) + self.cfg.max_len_b)
         enc = self.model.encode(src_tokens, patch_images, patch_masks)
         beams = self._start(enc, bsz, src_tokens.device, prefix_tokens, code_masks)
-        rng = self._rng(src_tokens.device)
+        with step_threads(beams.tokens.size(0), self.cfg.single_thread_rows, src_tokens.device):
+            return self._search(beams, bsz, max_len, constraint_trie)
+
+    def _search(self, beams: _Beams, bsz: int, max_len: int, constraint_trie: Trie | None) -> list[list[Hypothesis]]:
+        """The decoding loop: one cached decoder step per position, until every sample is done."""
+        rng = self._rng(beams.tokens.device)
         finished: list[list[Hypothesis]] = [[] for _ in range(bsz)]
         for step in range(max_len + 1):
             logits = self.model.decode(beams.tokens, beams.enc, code_masks=beams.code_masks, cache=beams.cache)

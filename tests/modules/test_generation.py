@@ -379,3 +379,22 @@ def test_config_validation():
         GenerationConfig(beam_size=0)
     with pytest.raises(ValueError):
         GenerationConfig(temperature=0.0)
+
+
+@pytest.mark.parametrize("max_rows, expected", [(64, 1), (0, 2)])
+def test_decoding_loop_threads(max_rows, expected):
+    """A few rows decode on one intra-op thread (`single_thread_rows`); the count is restored afterwards, and
+    the hypotheses are those of the multi-threaded loop."""
+    toy, seen = ToyModel(seed=3), []
+    decode = toy.decode
+    toy.decode = lambda *a, **k: seen.append(torch.get_num_threads()) or decode(*a, **k)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        hyps = _generate(toy, _src(), beam_size=3, max_len_b=5, min_len=2, single_thread_rows=max_rows)
+        assert set(seen) == {expected} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    toy.decode = decode
+    plain = _generate(toy, _src(), beam_size=3, max_len_b=5, min_len=2, single_thread_rows=0)
+    assert [[h.tokens.tolist() for h in s] for s in hyps] == [[h.tokens.tolist() for h in s] for s in plain]
