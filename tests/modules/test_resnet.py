@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ofa.modules import resnet as resnet_module
 from ofa.modules.resnet import Bottleneck, FrozenBatchNorm2d, ResNet, drop_path
 
 
@@ -47,6 +48,20 @@ def test_folded_inference_equals_the_autograd_path(resnet):
         slow = resnet(x)  # eval mode with autograd: the plain layers
     assert slow.requires_grad and not fast.requires_grad
     assert torch.allclose(fast, slow, rtol=1e-4, atol=1e-4 * slow.abs().max().item())
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN's fused convolutions")
+def test_fused_inference_convolutions_equal_the_plain_ones(resnet, monkeypatch):
+    """The CPU inference path runs ReLU and the residual add inside oneDNN's convolutions (and would fail
+    here if it silently stopped doing so); the outputs equal separate conv / add / relu passes."""
+    x = torch.randn(2, 3, 48, 32)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        fused = resnet(x)
+    assert any(e.name == "mkldnn::_convolution_pointwise" for e in prof.events())
+    monkeypatch.setattr(resnet_module, "FUSED_CONV", False)
+    with torch.no_grad():
+        plain = resnet(x)
+    assert torch.allclose(fused, plain, rtol=1e-5, atol=1e-5 * plain.abs().max().item())
 
 
 def test_samples_are_independent_in_eval(resnet):
