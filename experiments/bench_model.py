@@ -9,6 +9,11 @@ and forced at step 21, so every call runs 21 decoder steps; the bench checks the
     .venv/bin/python experiments/bench_model.py --steps 1       # quick check that it runs
     .venv/bin/python experiments/bench_model.py --phases train  # one phase
 
+The train phase is the paired bench's (../shared/bench_reference/bench_side.py): forward, cross-entropy over
+the vocabulary, backward and a `torch.optim.AdamW(model.parameters(), lr=1e-4)` step (PyTorch's default, on
+the CPU a per-tensor loop); `--optim fused` steps the fused kernel instead, as `ofa-train` does on the CPU
+(`ofa.utils.optim.adamw_kernel`).
+
 Times are medians over the timed calls (a busy machine gives outliers; the minimum is printed too).
 Peak memory is the process's resident-set high-water mark per phase (reset through
 /proc/self/clear_refs where Linux allows it; otherwise the high-water mark since start); the phases run
@@ -16,13 +21,13 @@ generation first, as memory freed by training stays in the process. For clean pe
 phase per process (`--phases train`).
 `--malloc keep` stops glibc from returning large freed blocks to the kernel (no mmap'd chunks, no
 trimming), so big tensors reuse pages instead of page-faulting fresh ones on every allocation; the same
-as `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736` for any process.
+as `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736` for any process, and
+what `ofa-train` applies to CPU runs (`ofa.train.keep_freed_memory`).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import resource
@@ -68,16 +73,6 @@ def make_batch(b: int, image: int, src_len: int, tgt_len: int) -> dict:
             "patch_masks": torch.ones(b, dtype=torch.bool)}
 
 
-def keep_freed_memory() -> bool:
-    """glibc: serve every allocation from the heap and never trim it (see the module docstring)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**36))
-
-
 def timed(fn, steps: int) -> tuple[list[float], float]:
     """Seconds per timed call (after one warm-up call) and the peak RSS in MB during the timed calls."""
     fn()
@@ -90,11 +85,15 @@ def timed(fn, steps: int) -> tuple[list[float], float]:
     return times, peak_rss_mb()
 
 
-def train_step(model: OFAModel, batch: dict):
+def train_step(model: OFAModel, batch: dict, optim: str):
+    """The paired bench's step: forward, loss, backward, AdamW (`bench`: PyTorch's default kernel; `fused`)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if optim == "fused" else {}))
+
     def step() -> None:
-        model.zero_grad(set_to_none=True)
         logits = model(batch["src_tokens"], batch["prev_output_tokens"], batch["patch_images"], batch["patch_masks"])
-        F.cross_entropy(logits.flatten(0, 1), batch["target"].flatten(), ignore_index=PAD).backward()
+        F.cross_entropy(logits.flatten(0, 1).float(), batch["target"].flatten(), ignore_index=PAD).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     return step
 
 
@@ -126,16 +125,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=3, help="timed calls per phase (after one warm-up)")
     p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     p.add_argument("--malloc", choices=("default", "keep"), default="default")
+    p.add_argument("--optim", choices=("bench", "fused"), default="bench",
+                   help="AdamW kernel of the train phase: the paired bench's (PyTorch default) or fused (ofa-train's)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
 
-    if args.malloc == "keep" and not keep_freed_memory():
-        raise SystemExit("--malloc keep needs glibc")
+    if args.malloc == "keep":
+        from ofa.train import keep_freed_memory  # (imports Lightning and Hydra: only when asked)
+
+        if not keep_freed_memory():
+            raise SystemExit("--malloc keep needs glibc")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = OFAModel(OFAConfig.from_preset(args.preset, vocab_size=VOCAB))
     batch = make_batch(args.batch, args.image_size, args.src_len, args.tgt_len)
-    makers = {"train": lambda: train_step(model.train(), batch),
+    makers = {"train": lambda: train_step(model.train(), batch, args.optim),
               "beam5": lambda: generate_step(model.eval(), batch, 5, args.tgt_len),
               "greedy": lambda: generate_step(model.eval(), batch, 1, args.tgt_len)}
     load_before = os.getloadavg()
@@ -157,7 +161,7 @@ def print_table(args: argparse.Namespace, results: dict, load: dict) -> None:
     names = {"train": "train step (fwd+bwd)", "beam5": "beam-5 generation", "greedy": "greedy generation"}
     print(f"\n{args.preset}, {args.threads} threads, batch {args.batch}, {args.image_size}px, src {args.src_len}, "
           f"tgt {args.tgt_len}, generating exactly {args.tgt_len} tokens + </s>, {args.steps} timed steps, "
-          f"malloc {args.malloc}, torch {torch.__version__}")
+          f"malloc {args.malloc}, optim {args.optim}, torch {torch.__version__}")
     print(f"load average (1 min) before {load['before'][0]:.2f}, after {load['after'][0]:.2f}")
     print(f"| {'phase':<22} | {'samples/s':>9} | {'s/batch':>8} | {'min s':>6} | {'peak RSS MB':>11} |")
     print(f"|{'-' * 24}|{'-' * 11}|{'-' * 10}|{'-' * 8}|{'-' * 13}|")

@@ -32,7 +32,7 @@ class OptimConfig:
     lr_scale: Dict[str, float] = field(default_factory=dict)  # noqa: UP006 - OmegaConf needs typing.Dict
     # AdamW's implementation: None (auto) = the fused kernel when every parameter is on the CPU, else PyTorch's
     # default; True / False force it on / off (see `adamw_kernel`)
-    fused: Optional[bool] = None  # noqa: UP007 - OmegaConf needs typing.Optional
+    fused: Optional[bool] = None  # noqa: UP045 - OmegaConf needs typing.Optional
 
     def __post_init__(self) -> None:
         """Refuse values AdamW cannot use, at start and on one line (`config error: optim.lr=-1.0: ...`)."""
