@@ -63,7 +63,8 @@ def main() -> None:
     steps, overrides = int(sys.argv[1]), sys.argv[2:]
     register_schemas()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["task=image_classify", "task.image_size=64", "data.num_workers=0",
+        task = [] if any(o.startswith("task=") for o in overrides) else ["task=image_classify"]  # or task=mixture
+        cfg = compose("train", overrides=[*task, "task.image_size=64", "data.num_workers=0",
                                           f"paths.root_dir={ROOT}", "run_name=probe", "paths.output_dir=/tmp/probe",
                                           *overrides])
     tokenizer = factory.build_tokenizer_from(cfg.tokenizer)
@@ -74,8 +75,8 @@ def main() -> None:
     pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False, enable_checkpointing=False,
                enable_model_summary=False, limit_val_batches=0, callbacks=[Probe()], gradient_clip_val=1.0
                ).fit(module, datamodule=dm)
-    task, model = tasks["image_classify"], module.model.eval()
-    loader = dm.test_dataloader()[0]
+    task, model = tasks["image_classify"], module.model.eval()  # task=mixture: its classification test set
+    loader = dm.test_dataloader()[dm.eval_task_names("test").index("image_classify")]
     print(f"{' '.join(overrides)}: {steps} steps, test acc {accuracy(task, model, loader, False):.3f}, "
           f"rolled images {accuracy(task, model, loader, True):.3f} ({time.time() - start:.0f} s)")
 

@@ -53,7 +53,7 @@ def check_tasks(cfg: DictConfig, tasks: dict[str, Task], tokenizer: OFATokenizer
 
 
 def keep_freed_memory() -> bool:
-    """glibc: serve every allocation from the heap and never trim it (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=64 GiB).
+    """glibc: serve every allocation from the heap and keep its free top (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB).
 
     By default glibc gives each freed block above 32 MiB back to the kernel, and a CPU training step of OFA
     allocates dozens of those (ResNet activations, logits, the tied embedding's gradients): every step
@@ -63,7 +63,8 @@ def keep_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_max = -1, -4
-        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**36))
+        # mallopt's value is a C int: 2**36 (the first version) wrapped to 0, i.e. trim on every free
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
     except (OSError, AttributeError):
         return False
 

@@ -36,6 +36,12 @@ class TaskSource:
     val_shards: Shards | None = None
     test_shards: Shards | None = None
     weight: float = 1.0
+    start_epoch: int = 0  # the task joins the training mixture at this epoch (earlier epochs: the other tasks)
+
+    def __post_init__(self) -> None:
+        name = getattr(self.task, "name", "?")
+        check_values([(f"data.sources.{name}.weight", self.weight, self.weight > 0, "must be > 0"),
+                      (f"data.sources.{name}.start_epoch", self.start_epoch, self.start_epoch >= 0, "must be >= 0")])
 
     def shards(self, split: str) -> Shards | None:
         return getattr(self, f"{split}_shards")
@@ -119,7 +125,7 @@ class OFADataModule(pl.LightningDataModule):
 
     # ---- dataloaders -------------------------------------------------------------------------------
     def train_dataloader(self) -> ShardLoader:
-        sources = [Source(s.task, self._urls[(i, "train")], s.weight)
+        sources = [Source(s.task, self._urls[(i, "train")], s.weight, s.start_epoch)
                    for i, s in enumerate(self.sources) if (i, "train") in self._urls]
         if not sources:
             raise ValueError("OFADataModule: no train_shards given for any task")

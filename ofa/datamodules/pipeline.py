@@ -44,6 +44,7 @@ class Source:
     task: Any  # a `Task`: `.name` and `.preprocess(raw, split) -> Sample | None`
     urls: list[str]
     weight: float = 1.0
+    start_epoch: int = 0  # sampled from this epoch on (weight 0 before)
 
 
 @dataclass
@@ -157,6 +158,9 @@ class TrainStream(_Stream):
             raise ValueError("TrainStream: no training sources")
         if any(not s.weight > 0 for s in sources):
             raise ValueError(f"TrainStream: mixture weights must be > 0, got {[s.weight for s in sources]}")
+        if min(s.start_epoch for s in sources) != 0:
+            raise ValueError(f"TrainStream: some task must start at epoch 0, got start epochs "
+                             f"{ {s.task.name: s.start_epoch for s in sources} }")
         if batches_per_epoch < 1:
             raise ValueError(f"TrainStream: batches_per_epoch must be >= 1, got {batches_per_epoch}")
         self.sources, self.batches_per_epoch = list(sources), batches_per_epoch
@@ -180,12 +184,13 @@ class TrainStream(_Stream):
         tag = f"{self.cfg.seed}/{epoch}/{self.cfg.rank}/{worker}"
         rng = StreamRNG(tag)
         streams = [self._samples(s, f"{tag}/{i}", rng) for i, s in enumerate(self.sources)]
-        samples = self._mix(streams, random.Random(tag))
+        samples = self._mix(streams, random.Random(tag), epoch)
         collections.deque(itertools.islice(samples, done * self.cfg.batch_size), maxlen=0)  # fast-forward
         return itertools.islice(self._batches(samples), quota - done)
 
-    def _mix(self, streams: list[Iterator[dict]], rng: random.Random) -> Iterator[dict]:
-        indices, weights = range(len(streams)), [s.weight for s in self.sources]
+    def _mix(self, streams: list[Iterator[dict]], rng: random.Random, epoch: int) -> Iterator[dict]:
+        """Per sample: a source drawn by weight among those whose `start_epoch` has come."""
+        indices, weights = range(len(streams)), [s.weight * (epoch >= s.start_epoch) for s in self.sources]
         while True:
             yield next(streams[rng.choices(indices, weights)[0]])
 

@@ -62,8 +62,8 @@ class GenerationConfig:
     constraints_after_softmax: bool = False  # mask range/trie on log-probs, not logits (OFA's --zero-shot)
     return_all: bool = True  # all finished hypotheses (best first) or only the best
     # CPU: the decoding loop runs on one intra-op thread when it starts with at most this many hypotheses
-    # (rows); 0 = never. See `step_threads`.
-    single_thread_rows: int = 64
+    # (rows); 0 = never (the default: it pays only on a busy machine). See `step_threads`.
+    single_thread_rows: int = 0
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -83,8 +83,9 @@ def step_threads(rows: int, max_rows: int, device: torch.device) -> Iterator[Non
     A cached decoder step on a few rows is hundreds of small ops (8-40 rows x 256 features: 10-100 us each),
     and each multi-threaded op pays an OpenMP fork/join; when the machine is busy, that join waits for a
     descheduled thread (~5 ms per op measured here at load 3, 2 threads), which made decoding 1.4-2x slower
-    than on one thread (experiments/README.md, issue 12). The encoder (ResNet, full-sequence layers) keeps
-    every thread. The previous thread count is restored on exit.
+    than on one thread. On an idle machine it is the other way round (paired bench, beam-5 1.70x -> 1.32x of
+    the reference, greedy 1.63x -> 1.35x; experiments/README.md, issue 12), so it is off by default. The
+    encoder keeps every thread. The previous thread count is restored on exit.
     """
     threads = torch.get_num_threads()
     if device.type != "cpu" or rows > max_rows or threads == 1:

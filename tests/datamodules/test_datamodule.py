@@ -50,6 +50,17 @@ def test_mixture_frequencies_follow_the_weights(stub_task, synthetic_shards) -> 
     assert tasks["caption"] / 800 == pytest.approx(0.75, abs=0.06)  # 4 standard deviations
 
 
+def test_a_task_joins_the_mixture_at_its_start_epoch(stub_task, synthetic_shards) -> None:
+    mixture = [TaskSource(stub_task("caption"), synthetic_shards["train"], start_epoch=1),
+               TaskSource(stub_task("classify", field="label"), synthetic_shards["train"])]
+    dm = OFADataModule(mixture, LoaderConfig(batch_size=8, num_workers=0, batches_per_epoch=10, shuffle_buffer=8))
+    loader = dm.train_dataloader()  # no trainer: each pass is the next epoch
+    epoch0 = Counter(t for batch in loader for t in batch["task"])
+    epoch1 = Counter(t for batch in loader for t in batch["task"])
+    assert epoch0 == {"classify": 80}  # a warm start on the other task
+    assert epoch1["caption"] / 80 == pytest.approx(0.5, abs=0.25) and sum(epoch1.values()) == 80
+
+
 def test_evaluation_gives_one_loader_per_task(stub_task, synthetic_shards) -> None:
     tasks = {"caption": stub_task("caption"), "classify": stub_task("classify", field="label")}
     shared = {"train_shards": synthetic_shards["train"], "val_shards": synthetic_shards["val"]}
@@ -77,8 +88,12 @@ def test_bad_configuration_gives_clear_errors(stub_task, synthetic_shards) -> No
         OFADataModule([TaskSource(stub_task(), train_shards="/nonexistent/train-*.tar")])
     with pytest.raises(ValueError, match="no train_shards"):
         OFADataModule([TaskSource(stub_task(), val_shards=synthetic_shards["val"])]).train_dataloader()
-    with pytest.raises(ValueError, match="weights must be > 0"):
-        OFADataModule([TaskSource(stub_task(), synthetic_shards["train"], weight=0.0)]).train_dataloader()
+    with pytest.raises(ValueError, match=r"data.sources.caption.weight=0.0: must be > 0"):
+        TaskSource(stub_task(), synthetic_shards["train"], weight=0.0)
+    with pytest.raises(ValueError, match=r"data.sources.caption.start_epoch=-1: must be >= 0"):
+        TaskSource(stub_task(), synthetic_shards["train"], start_epoch=-1)
+    with pytest.raises(ValueError, match="some task must start at epoch 0"):
+        OFADataModule([TaskSource(stub_task(), synthetic_shards["train"], start_epoch=1)]).train_dataloader()
     with pytest.raises(ValueError, match="batch sizes >= 1"):
         LoaderConfig(batch_size=0)
 

@@ -44,3 +44,17 @@ def test_groups_get_scaled_peak_lrs_and_the_schedule_keeps_the_ratio() -> None:
 def test_a_bad_multiplier_is_refused_naming_the_key() -> None:
     with pytest.raises(ValueError, match=r"optim.lr_scale.image_proj=0"):
         OptimConfig(lr_scale={"image_proj": 0.0})
+
+
+def test_the_constant_schedule_holds_the_peak_after_warmup() -> None:
+    """conf/schedule/constant.yaml is power 0; it was refused (`schedule.power must be > 0`) until fixed."""
+    opt = build_optimizer(Net(), OptimConfig(lr=1e-3))
+    sched = build_scheduler(opt, ScheduleConfig(warmup_steps=2, warmup_ratio=0.0, power=0.0), total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([5e-4] + [1e-3] * 9)  # warmup reaches the peak at its last step
+    with pytest.raises(ValueError, match=r"schedule.power=-1.0"):
+        ScheduleConfig(power=-1.0)
