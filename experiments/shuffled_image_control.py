@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,13 +37,12 @@ class RollImages(pl.Callback):
 
 
 def run_config(run_dir: Path) -> Any:
-    """The run's composed config, with the values Hydra filled in at run time."""
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    cfg.paths.output_dir = str(run_dir)
-    cfg.paths.root_dir = str(ROOT)
-    cfg.run_name = run_dir.parent.name
-    cfg.data.num_workers = 0
-    return cfg
+    """The run's config, composed again from its command-line overrides (`.hydra/overrides.yaml`) so that every
+    node is schema-typed as in the run (a plain load of `.hydra/config.yaml` is not)."""
+    overrides = list(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[*overrides, f"paths.root_dir={ROOT}", f"paths.output_dir={run_dir}",
+                                           f"run_name={run_dir.parent.name}", "data.num_workers=0"])
 
 
 def test_metrics(cfg: Any, ckpt: Path, shuffle: bool) -> dict[str, float]:
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     register_schemas()
     cfg = run_config(args.run_dir)
+    factory.prepare_data_dir(cfg)  # data.root, classes and answers beside the shards, as in the run
     ckpt = args.run_dir / "checkpoints" / f"{args.ckpt}.ckpt"
     true, rolled = test_metrics(cfg, ckpt, False), test_metrics(cfg, ckpt, True)
     print(f"{'metric':<28} {'true images':>12} {'shuffled':>10}")

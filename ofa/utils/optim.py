@@ -8,7 +8,7 @@ Unlike fairseq, no weight decay on biases, norms and embeddings (the usual trans
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -30,6 +30,8 @@ class OptimConfig:
     # module name -> lr multiplier of its parameters, e.g. {image_proj: 0.1, decoder: 0.3}: a key matches the
     # parameters whose dotted name contains it as whole components; the longest matching key wins
     lr_scale: Dict[str, float] = field(default_factory=dict)  # noqa: UP006 - OmegaConf needs typing.Dict
+    # 0: the multipliers hold for the whole run; N > 0: each moves linearly to 1 over the first N optimizer steps
+    lr_scale_steps: int = 0
     # AdamW's implementation: None (auto) = the fused kernel when every parameter is on the CPU, else PyTorch's
     # default; True / False force it on / off (see `adamw_kernel`)
     fused: Optional[bool] = None  # noqa: UP045 - OmegaConf needs typing.Optional
@@ -41,6 +43,7 @@ class OptimConfig:
                        "must be two numbers in [0, 1)"),
                       ("optim.eps", self.eps, self.eps > 0, "must be > 0"),
                       ("optim.weight_decay", self.weight_decay, self.weight_decay >= 0, "must be >= 0"),
+                      ("optim.lr_scale_steps", self.lr_scale_steps, self.lr_scale_steps >= 0, "must be >= 0"),
                       *((f"optim.lr_scale.{k}", v, v > 0, "must be > 0") for k, v in self.lr_scale.items())])
 
 
@@ -83,12 +86,14 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float, lr_scale: dic
         if p.requires_grad:
             key = (id(p) not in no_decay, lr_multiplier(name, lr_scale or {}))
             groups.setdefault(key, []).append(p)
-    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale}
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale, "lr_scale": scale}
             for (decay, scale), params in sorted(groups.items(), key=lambda kv: (kv[0][1] != 1.0, not kv[0][0], kv[0][1]))]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.lr_scale)
+    for group in groups:
+        group["lr_scale_steps"] = cfg.lr_scale_steps
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **adamw_kernel(groups, cfg.fused))
 
 
@@ -119,11 +124,19 @@ def polynomial_factor(step: int, total: int, warmup: int, peak: float, end: floa
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int) -> LambdaLR:
-    """Per-step LambdaLR; `total_steps` is the trainer's estimated number of optimizer steps."""
+    """Per-step LambdaLR; `total_steps` is the trainer's estimated number of optimizer steps. A group with an
+    `lr_scale` s and `lr_scale_steps` N > 0 (`build_optimizer`) has its multiplier moved from s to 1 over the
+    first N steps, on top of the schedule."""
     warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * total_steps))
     peak = optimizer.defaults["lr"]
 
     def factor(step: int) -> float:
         return polynomial_factor(step, total_steps, warmup, peak, cfg.end_lr, cfg.power)
 
-    return LambdaLR(optimizer, factor)
+    def group_factor(scale: float, steps: int) -> Callable[[int], float]:
+        if steps <= 0 or scale == 1.0:
+            return factor
+        return lambda step: factor(step) * (scale + (1 - scale) * min(1.0, step / steps)) / scale
+
+    return LambdaLR(optimizer, [group_factor(g.get("lr_scale", 1.0), g.get("lr_scale_steps", 0))
+                                for g in optimizer.param_groups])

@@ -58,3 +58,20 @@ def test_the_constant_schedule_holds_the_peak_after_warmup() -> None:
     assert lrs == pytest.approx([5e-4] + [1e-3] * 9)  # warmup reaches the peak at its last step
     with pytest.raises(ValueError, match=r"schedule.power=-1.0"):
         ScheduleConfig(power=-1.0)
+
+
+def test_multipliers_move_to_one_over_lr_scale_steps() -> None:
+    """`optim.lr_scale_steps=4`: the decoder starts at 0.1 x the lr and reaches the run's lr at step 4."""
+    net = Net()
+    opt = build_optimizer(net, OptimConfig(lr=1e-3, lr_scale={"decoder": 0.1}, lr_scale_steps=4))
+    sched = build_scheduler(opt, ScheduleConfig(warmup_steps=0, warmup_ratio=0.0, power=0.0), total_steps=10)
+    decoder = next(g for g in opt.param_groups if any(p is net.decoder[0].weight for p in g["params"]))
+    lrs = []
+    for _ in range(6):
+        lrs.append(decoder["lr"])
+        assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)  # unscaled groups keep the schedule
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1e-4, 3.25e-4, 5.5e-4, 7.75e-4, 1e-3, 1e-3])
+    with pytest.raises(ValueError, match=r"optim.lr_scale_steps=-1"):
+        OptimConfig(lr_scale_steps=-1)
