@@ -163,9 +163,12 @@ def test_experiment_overrides_groups(tmp_path: Path) -> None:
     assert cli.model.d_model == PRESETS["ofa_tiny"]["d_model"]  # the command line beats the recipe
 
 
-def test_adamw_scratch_scales_the_image_projection(tmp_path: Path) -> None:
-    assert dict(compose_cfg([], tmp_path).optim.lr_scale) == {}
-    assert dict(compose_cfg(["optim=adamw_scratch"], tmp_path).optim.lr_scale) == {"image_proj": 0.1}
+def test_the_default_is_the_from_scratch_optimizer_and_recipes_fine_tune_with_plain_adamw(tmp_path: Path) -> None:
+    default = compose_cfg([], tmp_path).optim
+    assert dict(default.lr_scale) == {"image_proj": 0.1, "decoder": 0.3} and default.lr == pytest.approx(3e-4)
+    assert dict(compose_cfg(["optim=adamw"], tmp_path).optim.lr_scale) == {}
+    for recipe in ("caption_large", "vqa_large", "caption_nano_synthetic"):
+        assert dict(compose_cfg([f"experiment={recipe}"], tmp_path).optim.lr_scale) == {}, recipe
 
 
 def test_sweep_config(tmp_path: Path) -> None:
