@@ -85,12 +85,20 @@ def timed(fn, steps: int) -> tuple[list[float], float]:
     return times, peak_rss_mb()
 
 
-def train_step(model: OFAModel, batch: dict, optim: str):
-    """The paired bench's step: forward, loss, backward, AdamW (`bench`: PyTorch's default kernel; `fused`)."""
+def train_step(model: OFAModel, batch: dict, optim: str, precision: str = "fp32", layout: str = "nchw"):
+    """The paired bench's step: forward, loss, backward, AdamW (`bench`: PyTorch's default kernel; `fused`).
+    Opt-in levers that change the numerics (not the reference model's float32 results; not defaults):
+    `precision="bf16"` runs the forward under CPU autocast (bfloat16 matmuls and convolutions: AMX where the CPU
+    has it), `layout="channels_last"` keeps the ResNet's weights and images channels-last (oneDNN's layout)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if optim == "fused" else {}))
+    if layout == "channels_last":
+        model.encoder.embed_images.to(memory_format=torch.channels_last)
+        batch = {**batch, "patch_images": batch["patch_images"].contiguous(memory_format=torch.channels_last)}
 
     def step() -> None:
-        logits = model(batch["src_tokens"], batch["prev_output_tokens"], batch["patch_images"], batch["patch_masks"])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(batch["src_tokens"], batch["prev_output_tokens"], batch["patch_images"],
+                           batch["patch_masks"])
         F.cross_entropy(logits.flatten(0, 1).float(), batch["target"].flatten(), ignore_index=PAD).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -127,6 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--malloc", choices=("default", "keep"), default="default")
     p.add_argument("--optim", choices=("bench", "fused"), default="bench",
                    help="AdamW kernel of the train phase: the paired bench's (PyTorch default) or fused (ofa-train's)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="train phase: float32 (the reference's numerics) or bfloat16 CPU autocast (opt-in)")
+    p.add_argument("--layout", choices=("nchw", "channels_last"), default="nchw",
+                   help="train phase: the ResNet's memory layout (channels_last: opt-in, see experiments/README.md)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
 
@@ -139,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     model = OFAModel(OFAConfig.from_preset(args.preset, vocab_size=VOCAB))
     batch = make_batch(args.batch, args.image_size, args.src_len, args.tgt_len)
-    makers = {"train": lambda: train_step(model.train(), batch, args.optim),
+    makers = {"train": lambda: train_step(model.train(), batch, args.optim, args.precision, args.layout),
               "beam5": lambda: generate_step(model.eval(), batch, 5, args.tgt_len),
               "greedy": lambda: generate_step(model.eval(), batch, 1, args.tgt_len)}
     load_before = os.getloadavg()
@@ -161,7 +173,7 @@ def print_table(args: argparse.Namespace, results: dict, load: dict) -> None:
     names = {"train": "train step (fwd+bwd)", "beam5": "beam-5 generation", "greedy": "greedy generation"}
     print(f"\n{args.preset}, {args.threads} threads, batch {args.batch}, {args.image_size}px, src {args.src_len}, "
           f"tgt {args.tgt_len}, generating exactly {args.tgt_len} tokens + </s>, {args.steps} timed steps, "
-          f"malloc {args.malloc}, optim {args.optim}, torch {torch.__version__}")
+          f"malloc {args.malloc}, optim {args.optim}, train {args.precision} {args.layout}, torch {torch.__version__}")
     print(f"load average (1 min) before {load['before'][0]:.2f}, after {load['after'][0]:.2f}")
     print(f"| {'phase':<22} | {'samples/s':>9} | {'s/batch':>8} | {'min s':>6} | {'peak RSS MB':>11} |")
     print(f"|{'-' * 24}|{'-' * 11}|{'-' * 10}|{'-' * 8}|{'-' * 13}|")
