@@ -9,33 +9,25 @@ scores 1.0 / ~0.33 / ~0.33).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shuffled_image_control import ROOT, run_config  # noqa: E402
+from shuffled_image_control import ROOT, load_run  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from ofa import factory  # noqa: E402
-from ofa.schemas import register_schemas  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--ckpt", default="last", choices=("best", "last"))
-    args = parser.parse_args(argv)
-    register_schemas()
-    cfg = run_config(args.run_dir)
-    factory.prepare_data_dir(cfg)
+    cfg, ckpt = load_run(argv, __doc__.split("\n")[0], "last")
     tokenizer = factory.build_tokenizer_from(cfg.tokenizer)
     tasks = factory.build_tasks(cfg.task, tokenizer)
     module = factory.build_lit_module(cfg, tasks, tokenizer)
     module.configure_model()
-    state = torch.load(args.run_dir / "checkpoints" / f"{args.ckpt}.ckpt", map_location="cpu", weights_only=True)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     module.model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()
                                   if k.startswith("model.")})
     dm = factory.build_datamodule(cfg.data, tasks)
@@ -51,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
                 exact += pred == truth
                 colour += pred.split()[0] == truth.split()[0]
                 shape += pred.split()[-1] == truth.split()[-1]
-    print(f"{args.run_dir}: accuracy {exact / total:.3f}, colour {colour / total:.3f}, shape {shape / total:.3f} "
+    print(f"{ckpt}: accuracy {exact / total:.3f}, colour {colour / total:.3f}, shape {shape / total:.3f} "
           f"({total} test images)")
 
 

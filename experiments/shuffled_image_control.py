@@ -56,15 +56,21 @@ def test_metrics(cfg: Any, ckpt: Path, shuffle: bool) -> dict[str, float]:
     return collect_metrics(trainer.callback_metrics, ("test/",))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def load_run(argv: list[str] | None, description: str, default_ckpt: str) -> tuple[Any, Path]:
+    """`RUN_DIR [--ckpt best|last]` from the command line: the run's config (data files prepared as in the run)
+    and the checkpoint's path."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--ckpt", default="best", choices=("best", "last"))
+    parser.add_argument("--ckpt", default=default_ckpt, choices=("best", "last"))
     args = parser.parse_args(argv)
     register_schemas()
     cfg = run_config(args.run_dir)
     factory.prepare_data_dir(cfg)  # data.root, classes and answers beside the shards, as in the run
-    ckpt = args.run_dir / "checkpoints" / f"{args.ckpt}.ckpt"
+    return cfg, args.run_dir / "checkpoints" / f"{args.ckpt}.ckpt"
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, ckpt = load_run(argv, __doc__.split("\n")[0], "best")
     true, rolled = test_metrics(cfg, ckpt, False), test_metrics(cfg, ckpt, True)
     print(f"{'metric':<28} {'true images':>12} {'shuffled':>10}")
     for key in sorted(true):
