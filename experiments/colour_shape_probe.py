@@ -19,6 +19,7 @@ from shuffled_image_control import ROOT, load_run  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from ofa import factory  # noqa: E402
+from ofa.checkpoint import load_state_dict, read_checkpoint  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,9 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     tasks = factory.build_tasks(cfg.task, tokenizer)
     module = factory.build_lit_module(cfg, tasks, tokenizer)
     module.configure_model()
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    module.model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()
-                                  if k.startswith("model.")})
+    load_state_dict(module.model, read_checkpoint(ckpt).state_dict)  # the run's .ckpt, allow-listed unpickling
     dm = factory.build_datamodule(cfg.data, tasks)
     dm.setup("test")
     loader = dm.test_dataloader()[dm.eval_task_names("test").index("image_classify")]

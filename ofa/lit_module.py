@@ -236,7 +236,8 @@ class OFALitModule(pl.LightningModule):
     # ---------------------------------------------------------------- optimisation and checkpoints
     def configure_optimizers(self) -> dict:
         optimizer = build_optimizer(self.model, self.optim_cfg)
-        scheduler = build_scheduler(optimizer, self.schedule_cfg, int(self.trainer.estimated_stepping_batches))
+        scheduler = build_scheduler(optimizer, self.schedule_cfg, int(self.trainer.estimated_stepping_batches),
+                                    self.optim_cfg.lr_scale_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ class OptimConfig:
     # parameters whose dotted name contains it as whole components; the longest matching key wins
     lr_scale: Dict[str, float] = field(default_factory=dict)  # noqa: UP006 - OmegaConf needs typing.Dict
     # 0: the multipliers hold for the whole run; N > 0: each moves linearly to 1 over the first N optimizer steps
+    # (applied by `build_scheduler`)
     lr_scale_steps: int = 0
     # AdamW's implementation: None (auto) = the fused kernel when every parameter is on the CPU, else PyTorch's
     # default; True / False force it on / off (see `adamw_kernel`)
@@ -86,14 +87,12 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float, lr_scale: dic
         if p.requires_grad:
             key = (id(p) not in no_decay, lr_multiplier(name, lr_scale or {}))
             groups.setdefault(key, []).append(p)
-    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale, "lr_scale": scale}
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale}
             for (decay, scale), params in sorted(groups.items(), key=lambda kv: (kv[0][1] != 1.0, not kv[0][0], kv[0][1]))]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.lr_scale)
-    for group in groups:
-        group["lr_scale_steps"] = cfg.lr_scale_steps
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **adamw_kernel(groups, cfg.fused))
 
 
@@ -123,10 +122,11 @@ def polynomial_factor(step: int, total: int, warmup: int, peak: float, end: floa
     return ((peak - end) * (1 - progress) ** power + end) / peak
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int) -> LambdaLR:
-    """Per-step LambdaLR; `total_steps` is the trainer's estimated number of optimizer steps. A group with an
-    `lr_scale` s and `lr_scale_steps` N > 0 (`build_optimizer`) has its multiplier moved from s to 1 over the
-    first N steps, on top of the schedule."""
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int,
+                    lr_scale_steps: int = 0) -> LambdaLR:
+    """Per-step LambdaLR; `total_steps` is the trainer's estimated number of optimizer steps. With
+    `lr_scale_steps` N > 0 (`optim.lr_scale_steps`), a group built with an lr multiplier s (its lr / the
+    optimizer's lr, `param_groups`) has it moved from s to 1 over the first N steps, on top of the schedule."""
     warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * total_steps))
     peak = optimizer.defaults["lr"]
 
@@ -138,5 +138,4 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total
             return factor
         return lambda step: factor(step) * (scale + (1 - scale) * min(1.0, step / steps)) / scale
 
-    return LambdaLR(optimizer, [group_factor(g.get("lr_scale", 1.0), g.get("lr_scale_steps", 0))
-                                for g in optimizer.param_groups])
+    return LambdaLR(optimizer, [group_factor(g["lr"] / peak, lr_scale_steps) for g in optimizer.param_groups])

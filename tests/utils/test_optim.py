@@ -63,8 +63,10 @@ def test_the_constant_schedule_holds_the_peak_after_warmup() -> None:
 def test_multipliers_move_to_one_over_lr_scale_steps() -> None:
     """`optim.lr_scale_steps=4`: the decoder starts at 0.1 x the lr and reaches the run's lr at step 4."""
     net = Net()
-    opt = build_optimizer(net, OptimConfig(lr=1e-3, lr_scale={"decoder": 0.1}, lr_scale_steps=4))
-    sched = build_scheduler(opt, ScheduleConfig(warmup_steps=0, warmup_ratio=0.0, power=0.0), total_steps=10)
+    cfg = OptimConfig(lr=1e-3, lr_scale={"decoder": 0.1}, lr_scale_steps=4)
+    opt = build_optimizer(net, cfg)
+    sched = build_scheduler(opt, ScheduleConfig(warmup_steps=0, warmup_ratio=0.0, power=0.0), total_steps=10,
+                            lr_scale_steps=cfg.lr_scale_steps)
     decoder = next(g for g in opt.param_groups if any(p is net.decoder[0].weight for p in g["params"]))
     lrs = []
     for _ in range(6):
