@@ -200,9 +200,16 @@ def monitor_key(task_name: str, monitor: str, split: str = "val") -> str:
     return f"{split}/{monitor}" if "/" in monitor else f"{split}/{task_name}/{monitor}"
 
 
+def subdir(base: str | None, sub: str) -> str | None:
+    """`base/sub`, or None when `base` is null. Resolver `${subdir:${data.synthetic_dir},text/cola}`: the data
+    options of the text tasks find their synthetic folder, and `data.synthetic_dir=null` leaves `data.root` null."""
+    return None if base is None else f"{base}/{sub}"
+
+
 def register_schemas() -> None:
     """Store every schema in Hydra's ConfigStore and register the config resolvers (idempotent)."""
     OmegaConf.register_new_resolver("monitor_key", monitor_key, replace=True)
+    OmegaConf.register_new_resolver("subdir", subdir, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainSchema)
     for name, task_cls in TASKS.items():

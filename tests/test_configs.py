@@ -86,6 +86,9 @@ def test_model_overrides_apply_on_top_of_the_preset(tmp_path: Path) -> None:
     assert cfg == OFAConfig.from_preset("ofa_tiny", d_model=512, dropout=0.1)
 
 
+MIXTURE = {"caption", "vqa", "grounding", "snli_ve", "image_classify"}  # the default run's tasks
+
+
 def test_default_config_instantiates(synthetic_data_dir: Path, tmp_path: Path) -> None:
     """`python train.py`: the task mixture on the synthetic world, ofa_nano, METEOR off."""
     cfg = compose_cfg([f"data.synthetic_dir={synthetic_data_dir}", "data.num_workers=0",
@@ -99,7 +102,7 @@ def test_default_config_instantiates(synthetic_data_dir: Path, tmp_path: Path) -
     trainer = factory.build_trainer(cfg.trainer, factory.build_logger(cfg.logger),
                                     factory.build_callbacks(cfg.callbacks))
     assert isinstance(module, OFALitModule) and module.model_cfg.vocab_size == len(tokenizer)
-    assert set(tasks) == set(TASKS) and dm.eval_task_names("val") == list(tasks)
+    assert set(tasks) == MIXTURE and dm.eval_task_names("val") == list(tasks)
     assert trainer.checkpoint_callback.monitor == "val/vqa/score"
     module.configure_model()
     assert module.model is not None
@@ -120,8 +123,8 @@ def test_mixture_instantiates(synthetic_data_dir: Path, tmp_path: Path) -> None:
     tasks = factory.build_tasks(cfg.task, tokenizer)
     dm = factory.build_datamodule(cfg.data, tasks)
     module = factory.build_lit_module(cfg, tasks, tokenizer)
-    assert set(tasks) == set(TASKS) and dm.eval_task_names("val") == list(tasks)
-    assert set(module.metrics) == set(TASKS)
+    assert set(tasks) == MIXTURE and dm.eval_task_names("val") == list(tasks)
+    assert set(module.metrics) == MIXTURE
     assert cfg.callbacks.model_checkpoint.monitor == "val/vqa/score"
 
 
@@ -183,6 +186,10 @@ def test_data_follows_task(tmp_path: Path) -> None:
     assert single.data.root == single.data.synthetic_dir and single.data.sources == {}
     other = compose_cfg(["data=coco_caption"], tmp_path)
     assert other.hydra.runtime.choices["data"] == "coco_caption"
+    text = compose_cfg(["task=mnli"], tmp_path)  # text tasks: the synthetic world's text folder of the task
+    assert text.data.root == f"{text.data.synthetic_dir}/text/mnli" and text.task.prompt_type == "src"
+    own = compose_cfg(["task=gigaword", "data.synthetic_dir=null"], tmp_path)
+    assert own.data.root is None  # own data: data.root follows data.train_shards (ofa.own_data)
 
 
 @pytest.mark.parametrize("override, key", [

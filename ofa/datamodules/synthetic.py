@@ -5,7 +5,9 @@
 
 Writes `{split}-{000000..}.tar` (one `<key>.jpg` + `<key>.json` per image, docs/ARCHITECTURE.md schema),
 `sizes.json`, `summary.json`, `answers.json`, `classes.json` and `tokenizer.json` (a `trained`-layout
-BPE over all text of the world and OFA's prompts). The same arguments give the same bytes.
+BPE over all text of the world and OFA's prompts), and the text world's tasks in `text/<task>/`
+(`ofa.datamodules.synthetic_text`; added to an existing image world on first use). The same arguments give
+the same bytes.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from pathlib import Path
 import webdataset as wds
 
 from ofa.datamodules import synthetic_world as world
+from ofa.datamodules.synthetic_text import ensure_synthetic_text
 from ofa.tokenizer import train_tokenizer
 
 SPLITS = ("train", "val", "test")
@@ -135,6 +138,8 @@ def ensure_synthetic_dataset(out_dir: str | os.PathLike, **kwargs) -> Path:
     if not (out / "summary.json").is_file():
         _generate_atomically(out, cfg)
     _check_config(out, cfg)
+    ensure_synthetic_text(out / "text", num_train=cfg.num_train, num_val=cfg.num_val, num_test=cfg.num_test,
+                          seed=cfg.seed, vocab_size=cfg.vocab_size, num_codes=cfg.num_codes, num_bins=cfg.num_bins)
     return out
 
 

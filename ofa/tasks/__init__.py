@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from ofa.tasks.base import Task, TaskConfig
 from ofa.tasks.caption import CaptionConfig, CaptionTask
+from ofa.tasks.gigaword import GigawordTask
+from ofa.tasks.glue import GLUE_TASKS
 from ofa.tasks.grounding import GroundingTask
 from ofa.tasks.image_classify import ImageClassifyTask
 from ofa.tasks.snli_ve import SNLIVETask
+from ofa.tasks.text_infill import TextInfillTask
 from ofa.tasks.vqa import VQATask
 
 TASKS: dict[str, type[Task]] = {
@@ -19,6 +22,9 @@ TASKS: dict[str, type[Task]] = {
     "grounding": GroundingTask,
     "snli_ve": SNLIVETask,
     "image_classify": ImageClassifyTask,
+    **GLUE_TASKS,  # cola, sst2, mnli, rte, qnli, mrpc, qqp
+    "gigaword": GigawordTask,
+    "text_infill": TextInfillTask,
 }
 
 __all__ = ["TASKS", "Task", "TaskConfig", "CaptionTask", "CaptionConfig"]

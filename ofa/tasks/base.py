@@ -56,10 +56,19 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)  # what evaluation needs (references, boxes, ...)
 
 
-def build_prompted_target(decoder_prompt: Tensor, answer: Tensor, eos: int, pad: int) -> tuple[Tensor, Tensor]:
-    """`prev = decoder_prompt + answer`, `target = [pad]*(P-1) + answer + [</s>]` (P = len(decoder_prompt))."""
-    prev = torch.cat([decoder_prompt, answer])  # (P + A,)
-    target = torch.cat([decoder_prompt[1:], answer, answer.new_tensor([eos])])  # (P + A,)
+def build_prompted_target(decoder_prompt: Tensor, answer: Tensor, eos: int, pad: int,
+                          append_eos: bool = True) -> tuple[Tensor, Tensor]:
+    """`prev = decoder_prompt + answer`, `target = [pad]*(P-1) + answer + [</s>]` (P = len(decoder_prompt)).
+
+    `append_eos=False` (OFA's GLUE layout: the answer is the last target, no `</s>`): `prev = decoder_prompt +
+    answer[:-1]`, `target = [pad]*(P-1) + answer`.
+    """
+    if append_eos:
+        prev = torch.cat([decoder_prompt, answer])  # (P + A,)
+        target = torch.cat([decoder_prompt[1:], answer, answer.new_tensor([eos])])  # (P + A,)
+    else:
+        prev = torch.cat([decoder_prompt, answer[:-1]])  # (P + A - 1,)
+        target = torch.cat([decoder_prompt[1:], answer])  # (P + A - 1,)
     target[: decoder_prompt.numel() - 1] = pad
     return prev, target
 
@@ -105,13 +114,14 @@ class Task:
     def make_sample(self, raw: dict[str, Any], source: Tensor, target: Tensor, image: Tensor | None, *,
                     decoder_prompt: Tensor | None = None, conf: float = 1.0,
                     constraint_mask: Tensor | None = None, code_mask: bool = False,
-                    meta: dict[str, Any] | None = None, sample_id: str | None = None) -> Sample:
+                    meta: dict[str, Any] | None = None, sample_id: str | None = None,
+                    append_eos: bool = True) -> Sample:
         """The one place a `Sample` is made: `source` (S,) with specials, `target` (A,) target tokens without
         `</s>`, `image` (3, S, S) transformed pixels or None (text-only), `decoder_prompt` (P,) starting with
-        `<s>` (default `[<s>]`)."""
+        `<s>` (default `[<s>]`); `append_eos=False`: no `</s>` target (`build_prompted_target`)."""
         tok = self.tokenizer
         prompt = decoder_prompt if decoder_prompt is not None else torch.tensor([tok.bos])
-        prev, tgt = build_prompted_target(prompt, target.long(), tok.eos, tok.pad)  # (T,), (T,)
+        prev, tgt = build_prompted_target(prompt, target.long(), tok.eos, tok.pad, append_eos)  # (T,), (T,)
         has_image = image is not None
         if not has_image:
             image = torch.zeros(3, self.cfg.image_size, self.cfg.image_size)
