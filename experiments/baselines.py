@@ -4,6 +4,8 @@ Each baseline ignores the image: it predicts one constant learned from the train
 frequent caption / answer / class / label, the mean box) or the whole image (grounding). Evaluation reads
 annotation 0 of each test image, as the tasks do (`Task.pick`: evaluation uses the first element), and
 caption references are all captions of the image with punctuation stripped, as `CaptionTask` does.
+The text side (`text/<task>/`): GLUE tasks the majority training label; Gigaword the lead sentence of the
+article; text infilling the masked input with its `<mask>` tokens dropped (the task's own evaluation masks).
 
     .venv/bin/python experiments/baselines.py                      # data/synthetic, test split
     .venv/bin/python experiments/baselines.py --split val --data-dir /path/to/synthetic
@@ -19,7 +21,9 @@ from pathlib import Path
 
 import torch
 
+from ofa.tasks.glue import PROMPTS as GLUE_PROMPTS
 from ofa.tasks.metrics import CaptionScores
+from ofa.tasks.metrics_text import BinaryLabelMetrics, RougeF1
 from ofa.tasks.metrics_understanding import ExactMatchAccuracy, GroundingAccuracy, VQASoftScore
 from ofa.tasks.snli_ve import LABEL_WORDS
 from ofa.tasks.text import strip_punctuation
@@ -86,6 +90,43 @@ def baselines(data_dir: Path, split: str = "test", ptb: bool = True) -> list[tup
     clf = ExactMatchAccuracy()
     clf.update([cls] * len(test), [r["label"] for r in test])
     rows.append(("image_classify", "acc", f'always "{cls}"', float(clf.compute())))
+    if (data_dir / "text").is_dir():
+        rows += text_baselines(data_dir / "text", split)
+    return rows
+
+
+def text_baselines(text_dir: Path, split: str) -> list[tuple[str, str, str, float]]:
+    """Majority label (GLUE), lead sentence (Gigaword), the masked input without masks (text infilling)."""
+    from ofa.tasks.text_infill import TextInfillConfig, TextInfillTask
+    from ofa.tokenizer import build_tokenizer
+
+    rows = []
+    for name, (_, answers) in GLUE_PROMPTS.items():
+        train, test = read_records(text_dir / name, "train"), read_records(text_dir / name, split)
+        label = most_common(r["label"] for r in train)
+        if len(answers) == 2:
+            metric = BinaryLabelMetrics(positive="positive" if "positive" in answers else "yes",
+                                        keys=("acc", "mcc", "f1"))
+            metric.update([label] * len(test), [r["label"] for r in test])
+            rows += [(name, k, f'always "{label}"', float(v)) for k, v in metric.compute().items()]
+        else:
+            acc = ExactMatchAccuracy()
+            acc.update([label] * len(test), [r["label"] for r in test])
+            rows.append((name, "acc", f'always "{label}"', float(acc.compute())))
+    test = read_records(text_dir / "gigaword", split)
+    rouge = RougeF1(gigaword=True)
+    rouge.update([r["text"].split(". ")[0] for r in test], [r["summary"] for r in test])
+    rows += [("gigaword", k, "lead sentence", float(v)) for k, v in rouge.compute().items()]
+    tokenizer = build_tokenizer("trained", text_dir / "text_infill")
+    task = TextInfillTask(tokenizer, TextInfillConfig())
+    samples = [task.preprocess(r, split) for r in read_records(text_dir / "text_infill", split)]
+    copies = [tokenizer.decode([t for t in s.meta["masked"] if t != tokenizer.mask]).strip() for s in samples]
+    refs = [s.meta["text"] for s in samples]
+    exact, rouge = ExactMatchAccuracy(), RougeF1(gigaword=False)
+    exact.update(copies, refs)
+    rouge.update(copies, refs)
+    rows.append(("text_infill", "exact", "copy the masked input", float(exact.compute())))
+    rows += [("text_infill", k, "copy the masked input", float(v)) for k, v in rouge.compute().items()]
     return rows
 
 

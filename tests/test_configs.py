@@ -166,6 +166,34 @@ def test_experiment_overrides_groups(tmp_path: Path) -> None:
     assert cli.model.d_model == PRESETS["ofa_tiny"]["d_model"]  # the command line beats the recipe
 
 
+# OFA's GLUE scripts: (batch per GPU, GPUs); all ofa_large, lr 3e-5, 5 epochs, prompt_type src, no smoothing
+GLUE_SCRIPTS = {"cola": (16, 2), "sst2": (16, 4), "mnli": (8, 8), "rte": (8, 2), "qnli": (8, 8), "mrpc": (16, 2),
+                "qqp": (8, 8)}
+
+
+@pytest.mark.parametrize("name", sorted(GLUE_SCRIPTS))
+def test_glue_presets_follow_ofas_scripts(name: str, tmp_path: Path) -> None:
+    cfg = compose_cfg([f"experiment={name}_large"], tmp_path)
+    assert cfg.task.name == name and cfg.task.prompt_type == "src" and cfg.task.label_smoothing == 0.0
+    assert (cfg.data.batch_size, cfg.trainer.devices) == GLUE_SCRIPTS[name]
+    assert cfg.model.d_model == PRESETS["ofa_large"]["d_model"] and cfg.model.encoder_drop_path_rate == 0.1
+    assert cfg.optim.lr == pytest.approx(3e-5) and cfg.trainer.max_epochs == 5 and cfg.tokenizer.kind == "ofa"
+    assert cfg.data.root.endswith(f"data/{name}") and cfg.data.synthetic_dir is None
+    base = compose_cfg([f"experiment={name}_base"], tmp_path)
+    assert base.model.d_model == PRESETS["ofa_base"]["d_model"] and base.task.name == name
+    grid = compose_cfg([f"experiment={name}_large", "hparams_search=glue_grid"], tmp_path).hydra.sweeper.params
+    assert grid["optim.lr"] == "1e-4,7e-5,6e-5,5e-5,3e-5" and grid["trainer.max_epochs"] == "5,7,10"
+
+
+def test_gigaword_presets(tmp_path: Path) -> None:
+    cfg = compose_cfg(["experiment=gigaword_large"], tmp_path)
+    gen = cfg.task.generation
+    assert (gen.beam_size, gen.len_penalty, gen.max_len_b, gen.no_repeat_ngram_size) == (6, 0.7, 32, 3)
+    assert cfg.task.noise_ratio == 0.2 and cfg.task.label_smoothing == 0.1 and cfg.optim.lr == pytest.approx(1e-4)
+    assert cfg.data.batch_size * cfg.trainer.devices * cfg.trainer.accumulate_grad_batches == 512
+    assert compose_cfg(["experiment=gigaword_base"], tmp_path).model.d_model == PRESETS["ofa_base"]["d_model"]
+
+
 def test_the_default_is_the_from_scratch_optimizer_and_recipes_fine_tune_with_plain_adamw(tmp_path: Path) -> None:
     default = compose_cfg([], tmp_path).optim
     assert dict(default.lr_scale) == {"image_proj": 0.1, "decoder": 0.3} and default.lr == pytest.approx(3e-4)

@@ -18,6 +18,7 @@ from typing import Any
 
 from ofa.datamodules.shards import IMAGE_KEYS, SkipCounter, read_shard
 from ofa.datamodules.synthetic import PROMPTS
+from ofa.datamodules.synthetic_text import LABEL_WORDS, TEXT_PROMPTS
 from ofa.tokenizer import OFATokenizer, train_tokenizer
 
 TEXT_FIELDS = ("label", "text", "text_b", "summary")
@@ -111,8 +112,10 @@ def ranked(counts: Counter) -> list[str]:
 
 
 def derived_tokenizer(found: ShardVocab, vocab_size: int = DERIVED_VOCAB_SIZE) -> OFATokenizer:
-    """A `trained`-layout BPE over the shards' texts and OFA's task prompts (as the synthetic world's)."""
-    return train_tokenizer([*found.texts, *PROMPTS], vocab_size=vocab_size)
+    """A `trained`-layout BPE over the shards' texts and OFA's task prompts (as the synthetic world's), with
+    the GLUE answer words frequent enough to be single tokens (GLUE answers must be; data may say "0"/"1")."""
+    words = [w for w in LABEL_WORDS for _ in range(200)]
+    return train_tokenizer([*found.texts, *PROMPTS, *TEXT_PROMPTS, *words], vocab_size=vocab_size)
 
 
 def write_json_atomically(path: str | os.PathLike, obj: Any) -> Path:
