@@ -91,6 +91,30 @@ def test_mixture_batch_has_a_loss_per_task(tokenizer, synthetic_data_dir: Path) 
     assert sum(o.ntokens for o in per_task.values()) == joint.ntokens
 
 
+def test_image_and_text_tasks_train_in_one_mixture(tokenizer, synthetic_data_dir: Path, tmp_path: Path) -> None:
+    """Captioning from the image shards and text infilling (OFA's pretraining extra) from the text world's
+    corpus, mixed per sample: batches hold both kinds, both losses are logged, both tasks are evaluated."""
+    from ofa.tasks.text_infill import TextInfillConfig, TextInfillTask
+
+    gen = GenerationConfig(beam_size=2, max_len_b=4, return_all=False)
+    infill = TextInfillTask(tokenizer, TextInfillConfig(generation=gen, max_text_tokens=24))
+    tasks = {"caption": make_task(tokenizer), "text_infill": infill}
+    text = synthetic_data_dir / "text" / "text_infill"
+    sources = [TaskSource(tasks["caption"], train_shards=str(synthetic_data_dir / "train-*.tar"),
+                          val_shards=str(synthetic_data_dir / "val-*.tar")),
+               TaskSource(infill, train_shards=str(text / "train-*.tar"), val_shards=str(text / "val-*.tar"))]
+    dm = OFADataModule(sources, LoaderConfig(batch_size=8, eval_batch_size=4, num_workers=0, batches_per_epoch=3,
+                                             shuffle_buffer=8))
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch["task"]) == {"caption", "text_infill"} and batch["patch_images"].shape[-1] == 32
+    assert batch["patch_masks"].tolist() == [t == "caption" for t in batch["task"]]
+    trainer = fit(make_module(tokenizer, tasks), dm, tmp_path)
+    logged = trainer.callback_metrics
+    for key in ("train/caption/loss", "train/text_infill/loss", "val/text_infill/rougeL", "val/caption/cider"):
+        assert key in logged and torch.isfinite(logged[key]), key
+
+
 def test_param_groups_skip_decay_on_norms_biases_embeddings(tokenizer) -> None:
     module = make_module(tokenizer, freeze_embeddings=True)
     module.configure_model()

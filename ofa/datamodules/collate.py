@@ -60,11 +60,13 @@ def _check(samples: Sequence[Sample]) -> None:
 
 
 def _stack_images(samples: Sequence[Sample]) -> Tensor:
-    shapes = {tuple(s.patch_image.shape) for s in samples}
+    """(B, 3, H, W): the images of the samples that have one (one size); text-only samples get zeros of it."""
+    shapes = {tuple(s.patch_image.shape) for s in samples if s.patch_mask}
     if len(shapes) > 1:
         raise ValueError(f"collate: patch_image shapes differ within a batch {sorted(shapes)}; "
                          "give every task of a mixture the same image_size")
-    return torch.stack([s.patch_image for s in samples])
+    shape = shapes.pop()
+    return torch.stack([s.patch_image if s.patch_mask else s.patch_image.new_zeros(shape) for s in samples])
 
 
 def _constraint_masks(samples: Sequence[Sample], length: int) -> Tensor:

@@ -45,6 +45,16 @@ def test_optional_fields_in_a_mixed_batch() -> None:
     assert [p.tolist() for p in batch["decoder_prompts"]] == [[0, 4], [0]]
 
 
+def test_text_only_samples_take_the_image_size_of_the_batch() -> None:
+    """A text task in a mixture (its zero image has its own config size) batches with any image task."""
+    text = sample([0, 5, 2], [7], task="text_infill", patch_image=torch.zeros(3, 256, 256), patch_mask=False)
+    image = sample([0, 5, 2], [7], patch_image=torch.ones(3, 8, 8))
+    batch = collate([text, image], PAD)
+    assert batch["patch_images"].shape == (2, 3, 8, 8) and batch["patch_masks"].tolist() == [False, True]
+    assert batch["patch_images"][0].abs().sum() == 0 and bool((batch["patch_images"][1] == 1).all())
+    assert collate([text], PAD)["patch_images"] is None  # text only: the ResNet is skipped
+
+
 def test_bad_batches_give_clear_errors() -> None:
     with pytest.raises(ValueError, match="empty"):
         collate([], PAD)
