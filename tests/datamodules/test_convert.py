@@ -337,6 +337,8 @@ def test_jsonl_fields_and_errors(tmp_path, capsys):
         {"captions": "not a list"},
         {"entailment": [{"hypothesis": "h", "label": "perhaps"}]},
         {"vqa": [{"question": "q", "answers": {"a": "high"}}]},
+        {"id": "g", "text": "a sentence", "label": 1},  # integer labels (GLUE-style JSONL) become strings
+        {"id": "h", "text": "a sentence", "label": True},
     ]
     path = write_lines(tmp_path / "d.jsonl", [(ln if isinstance(ln, str) else json.dumps(ln)).encode() for ln in lines])
     summary = convert_jsonl(path, tmp_path / "out")
@@ -346,10 +348,11 @@ def test_jsonl_fields_and_errors(tmp_path, capsys):
     assert samples[1] == ({"id": "d:2", "text": "premise text", "text_b": "second", "label": "yes"}, None, None)
     assert samples[2][0]["id"] == "7" and samples[2][0]["entailment"][0]["label"] == "maybe"
     expected = {4: "bad json", 5: "bad json", 6: "missing field", 7: "missing image file", 8: "bad box",
-                9: "bad field", 10: "unknown label", 11: "bad conf"}
+                9: "bad field", 10: "unknown label", 11: "bad conf", 13: "bad field"}
+    assert samples[3] == ({"id": "g", "text": "a sentence", "label": "1"}, None, None)
     for lineno, reason in expected.items():
         assert f"{path}:{lineno}: {reason}: " in err
-    assert summary["total"] == 3 and summary["skipped_total"] == len(expected)
+    assert summary["total"] == 4 and summary["skipped_total"] == len(expected)
     # --image-root resolves paths against another folder
     write_lines(tmp_path / "e.jsonl", [json.dumps({"image": "a.jpg", "label": "cat"}).encode()])
     summary = convert_jsonl(tmp_path / "e.jsonl", tmp_path / "out2", image_root=tmp_path / "pics")

@@ -77,12 +77,17 @@ def _entailment(value: Any) -> list[dict]:
     return out
 
 
+def _label_text(value: Any) -> Any:
+    """An integer label (GLUE data often writes `"label": 1`) as its string; anything else as it is."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 CHECKS: dict[str, Callable[[Any], Any]] = {
     "captions": _captions,
     "vqa": _vqa,
     "refs": _refs,
     "entailment": _entailment,
-    "label": lambda v: _text(v, "label"),
+    "label": lambda v: _text(_label_text(v), "label"),
     "text": lambda v: _text(v, "text"),
     "text_b": lambda v: _text(v, "text_b"),
     "summary": lambda v: _text(v, "summary"),
