@@ -86,7 +86,8 @@ class GlueTask(Task):
         label = self.label_map.get(str(raw.get("label", "")).strip())
         if not isinstance(text, str) or label is None or (self.pair and not isinstance(text_b, str)):
             return None
-        prompt = self.prompt.format(text=self.sentence(text), text_b=self.sentence(text_b or ""))
+        sentences = {"text": self.sentence(text), "text_b": self.sentence(text_b or "")}
+        prompt = self.prompt.format(**sentences)
         source = self.encode_text(prompt, bos=True, eos=True)  # (S,)
         decoder_prompt = build_decoder_prompt(source, self.cfg.prompt_type, self.tokenizer.bos)  # (P,)
         answer = self.answer_ids[self.answers.index(label)].view(1)  # (1,)
@@ -95,7 +96,7 @@ class GlueTask(Task):
             mask = torch.zeros(decoder_prompt.numel(), len(self.tokenizer), dtype=torch.bool)
             mask[-1, self.answer_ids] = True
         return self.make_sample(raw, source, answer, None, decoder_prompt=decoder_prompt, constraint_mask=mask,
-                                meta={"answer": label}, append_eos=False)
+                                meta={"answer": label, **sentences}, append_eos=False)
 
     # ---- evaluation side -------------------------------------------------------------------
     def build_metrics(self) -> dict[str, Any]:
@@ -118,11 +119,10 @@ class GlueTask(Task):
 
     def evaluate(self, model: torch.nn.Module, batch: dict[str, Any], metrics: dict[str, Any]) -> list[dict]:
         preds = self.predict(model, batch)
-        labels = [m["answer"] for m in batch["meta"]]
         for metric in metrics.values():
-            metric.update(preds, labels)
-        return [{"id": i, "prediction": p, "label": t, "references": [t]}
-                for i, p, t in zip(batch["id"], preds, labels)]
+            metric.update(preds, [m["answer"] for m in batch["meta"]])
+        return [{"id": i, "text": m["text"], "text_b": m["text_b"], "prediction": p, "label": m["answer"],
+                 "references": [m["answer"]]} for i, p, m in zip(batch["id"], preds, batch["meta"])]
 
 
 def _glue_class(task: str, monitor: str) -> type[GlueTask]:
