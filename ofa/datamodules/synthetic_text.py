@@ -264,24 +264,30 @@ def generate_synthetic_text(out_dir: str | os.PathLike, cfg: SyntheticTextConfig
     return out
 
 
+def _generated_with(summary: Path, cfg: SyntheticTextConfig) -> bool:
+    return summary.is_file() and json.loads(summary.read_text("utf-8")).get("config") == asdict(cfg)
+
+
 def ensure_synthetic_text(out_dir: str | os.PathLike, **kwargs) -> Path:
     """Generate the text world in `out_dir` unless it is there with the same config (built in a temporary
-    folder and renamed, so concurrent processes are safe); a different config is regenerated."""
+    folder and renamed, so concurrent processes are safe: the first rename wins); another config is replaced."""
     cfg = SyntheticTextConfig(**kwargs)
     out = Path(out_dir).expanduser().resolve()
     summary = out / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text("utf-8")).get("config") == asdict(cfg):
+    if _generated_with(summary, cfg):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         generate_synthetic_text(tmp, cfg)
         tmp.chmod(0o755)
-        if summary.is_file():  # another config: replace the whole folder
-            shutil.rmtree(out, ignore_errors=True)
+        if _generated_with(summary, cfg):  # a concurrent process finished first
+            return out
+        if out.exists():  # another config
+            shutil.rmtree(out)
         os.rename(tmp, out)
     except OSError:
-        if not summary.is_file():
+        if not _generated_with(summary, cfg):
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -77,3 +77,18 @@ def test_cola_negatives_are_corrupted_positives() -> None:
 def test_the_image_world_carries_the_text_world(synthetic_data_dir: Path) -> None:
     summary = json.loads((synthetic_data_dir / "text" / "summary.json").read_text())
     assert summary["tasks"] == list(st.TEXT_TASKS) and summary["config"]["num_train"] == 48
+
+
+def _ensure_small(out: str) -> str:
+    return str(st.ensure_synthetic_text(out, **{**SMALL, "num_train": 8, "num_val": 2, "num_test": 2}))
+
+
+def test_concurrent_ensure_calls_agree(tmp_path: Path) -> None:
+    """DDP ranks generate at once: the first rename wins, the others keep it (no error, no leftovers)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        for attempt in range(6):
+            outs = pool.map(_ensure_small, [str(tmp_path / f"race{attempt}")] * 3)
+            assert len(set(outs)) == 1 and (Path(outs[0]) / "summary.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"race{i}" for i in range(6)]
