@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ofa.errors import RunConfigError
+from ofa.modules.generation import SequenceGenerator
 from ofa.tasks.transforms import TransformFn, build_transform
 from ofa.tokenizer import OFATokenizer
 
@@ -84,6 +85,7 @@ class Task:
         self.tokenizer = tokenizer
         self.cfg = cfg
         self._transforms: dict[bool, TransformFn] = {}
+        self._generator: SequenceGenerator | None = None
 
     # ---- data side -------------------------------------------------------------------------
     def preprocess(self, raw: dict[str, Any], split: str) -> Sample | None:
@@ -156,6 +158,13 @@ class Task:
     def build_metrics(self) -> dict[str, Any]:
         """name -> torchmetrics.Metric; logged as `<split>/<task>/<name>`."""
         return {}
+
+    def generator(self, model: torch.nn.Module) -> SequenceGenerator:
+        """The task's decoder (`cfg.generation`), one per model object (rebuilt when the model changes)."""
+        if self._generator is None or self._generator.model is not model:
+            tok = self.tokenizer
+            self._generator = SequenceGenerator(model, self.cfg.generation, pad=tok.pad, bos=tok.bos, eos=tok.eos)
+        return self._generator
 
     def evaluate(self, model: torch.nn.Module, batch: dict[str, Any], metrics: dict[str, Any]) -> list[dict]:
         """Decode/score a batch, update `metrics`, return per-sample predictions for logging."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from ofa.modules.generation import GenerationConfig, SequenceGenerator
+from ofa.modules.generation import GenerationConfig
 from ofa.tasks.base import Sample, Task, TaskConfig
 from ofa.tasks.metrics import CaptionScores
 from ofa.tasks.text import strip_punctuation
@@ -43,7 +43,6 @@ class CaptionTask(Task):
     def __init__(self, tokenizer: OFATokenizer, cfg: CaptionConfig) -> None:
         super().__init__(tokenizer, cfg)
         self.cfg: CaptionConfig = cfg
-        self._generator: SequenceGenerator | None = None
 
     # ---- data side -------------------------------------------------------------------------
     def preprocess(self, raw: dict[str, Any], split: str) -> Sample | None:
@@ -62,12 +61,6 @@ class CaptionTask(Task):
     def build_metrics(self) -> dict[str, CaptionScores]:
         return {"coco": CaptionScores(meteor=self.cfg.meteor, ptb_tokenizer=self.cfg.ptb_tokenizer)}
 
-    def generator(self, model: nn.Module) -> SequenceGenerator:
-        """One SequenceGenerator per model (rebuilt if the model object changes)."""
-        if self._generator is None or self._generator.model is not model:
-            tok = self.tokenizer
-            self._generator = SequenceGenerator(model, self.cfg.generation, pad=tok.pad, bos=tok.bos, eos=tok.eos)
-        return self._generator
 
     def evaluate(self, model: nn.Module, batch: dict[str, Any], metrics: dict[str, Any]) -> list[dict]:
         """Beam-search captions for the batch, update the caption scores, return the predictions."""

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ofa.modules.generation import GenerationConfig, SequenceGenerator
+from ofa.modules.generation import GenerationConfig
 from ofa.tasks.base import Sample, Task, TaskConfig
 from ofa.tasks.metrics_text import RougeF1
 from ofa.tasks.noise import add_target_noise
@@ -48,10 +48,6 @@ class GigawordTask(Task):
     monitor = "rougeL"
     config_class = GigawordConfig
 
-    def __init__(self, tokenizer: Any, cfg: GigawordConfig) -> None:
-        super().__init__(tokenizer, cfg)
-        self._generator: SequenceGenerator | None = None
-
     def preprocess(self, raw: dict[str, Any], split: str) -> Sample | None:
         article, summary = raw.get("text"), raw.get("summary")
         if not isinstance(article, str) or not isinstance(summary, str):
@@ -72,11 +68,6 @@ class GigawordTask(Task):
     def build_metrics(self) -> dict[str, Any]:
         return {"rouge": RougeF1(gigaword=True)}
 
-    def generator(self, model: nn.Module) -> SequenceGenerator:
-        if self._generator is None or self._generator.model is not model:
-            tok = self.tokenizer
-            self._generator = SequenceGenerator(model, self.cfg.generation, pad=tok.pad, bos=tok.bos, eos=tok.eos)
-        return self._generator
 
     def evaluate(self, model: nn.Module, batch: dict[str, Any], metrics: dict[str, Any]) -> list[dict]:
         hyps = self.generator(model).generate(batch["src_tokens"], batch.get("patch_images"), batch["patch_masks"])

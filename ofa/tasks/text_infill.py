@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ofa.modules.generation import GenerationConfig, SequenceGenerator
+from ofa.modules.generation import GenerationConfig
 from ofa.tasks.base import Sample, Task, TaskConfig
 from ofa.tasks.metrics_text import RougeF1
 from ofa.tasks.metrics_understanding import ExactMatchAccuracy
@@ -59,7 +59,6 @@ class TextInfillTask(Task):
         self.word_starts = word_start_table(tokenizer)  # (V,) bool
         head, tail = cfg.prompt.split("{}")  # the masked ids (which start with a space) go between them
         self.prompt_head, self.prompt_tail = tokenizer.encode(head.rstrip(" ")), tokenizer.encode(tail)
-        self._generator: SequenceGenerator | None = None
 
     def mask(self, text: Tensor, split: str, sample_id: str) -> Tensor:
         """(N+2,) `<s> text </s>` -> the masked sequence, still between `<s>` and `</s>`."""
@@ -87,11 +86,6 @@ class TextInfillTask(Task):
     def build_metrics(self) -> dict[str, Any]:
         return {"exact": ExactMatchAccuracy(), "rouge": RougeF1(gigaword=False)}
 
-    def generator(self, model: nn.Module) -> SequenceGenerator:
-        if self._generator is None or self._generator.model is not model:
-            tok = self.tokenizer
-            self._generator = SequenceGenerator(model, self.cfg.generation, pad=tok.pad, bos=tok.bos, eos=tok.eos)
-        return self._generator
 
     def evaluate(self, model: nn.Module, batch: dict[str, Any], metrics: dict[str, Any]) -> list[dict]:
         hyps = self.generator(model).generate(batch["src_tokens"], batch.get("patch_images"), batch["patch_masks"])
