@@ -15,24 +15,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shuffled_image_control import ROOT, load_run  # noqa: E402
-
-sys.path.insert(0, str(ROOT))
-from ofa import factory  # noqa: E402
-from ofa.checkpoint import load_state_dict, read_checkpoint  # noqa: E402
+from shuffled_image_control import load_run, load_trained  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg, ckpt = load_run(argv, __doc__.split("\n")[0], "last")
-    tokenizer = factory.build_tokenizer_from(cfg.tokenizer)
-    tasks = factory.build_tasks(cfg.task, tokenizer)
-    module = factory.build_lit_module(cfg, tasks, tokenizer)
-    module.configure_model()
-    load_state_dict(module.model, read_checkpoint(ckpt).state_dict)  # the run's .ckpt, allow-listed unpickling
-    dm = factory.build_datamodule(cfg.data, tasks)
-    dm.setup("test")
+    tasks, model, dm = load_trained(cfg, ckpt)
     loader = dm.test_dataloader()[dm.eval_task_names("test").index("image_classify")]
-    task, model = tasks["image_classify"], module.model.eval()
+    task = tasks["image_classify"]
     total = exact = colour = shape = 0
     with torch.no_grad():
         for batch in loader:

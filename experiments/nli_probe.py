@@ -16,11 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shuffled_image_control import ROOT, load_run  # noqa: E402
-
-sys.path.insert(0, str(ROOT))
-from ofa import factory  # noqa: E402
-from ofa.checkpoint import load_state_dict, read_checkpoint  # noqa: E402
+from shuffled_image_control import load_run, load_trained  # noqa: E402
 
 KINDS = (("undecidable", r"made of|heavy|soft|expensive|wet"), ("relation", r"left of|right of|above|below"),
          ("location", r"is at the"), ("size", r"is (small|large)$"), ("presence", r"^there is"))
@@ -32,15 +28,8 @@ def kind(claim: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     cfg, ckpt = load_run(argv, __doc__.split("\n")[0], "last")
-    tokenizer = factory.build_tokenizer_from(cfg.tokenizer)
-    tasks = factory.build_tasks(cfg.task, tokenizer)
-    module = factory.build_lit_module(cfg, tasks, tokenizer)
-    module.configure_model()
-    load_state_dict(module.model, read_checkpoint(ckpt).state_dict)
-    dm = factory.build_datamodule(cfg.data, tasks)
-    dm.setup("test")
-    (name,) = tasks
-    task, model = tasks[name], module.model.eval()
+    tasks, model, dm = load_trained(cfg, ckpt)
+    (task,) = tasks.values()
     right, total = Counter(), Counter()
     with torch.no_grad():
         for batch in dm.test_dataloader()[0]:

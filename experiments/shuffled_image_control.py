@@ -69,6 +69,20 @@ def load_run(argv: list[str] | None, description: str, default_ckpt: str) -> tup
     return cfg, args.run_dir / "checkpoints" / f"{args.ckpt}.ckpt"
 
 
+def load_trained(cfg: Any, ckpt: Path) -> tuple[dict, Any, Any]:
+    """(tasks, model in eval mode with the checkpoint's weights, datamodule set up for the test split) of a run."""
+    from ofa.checkpoint import load_state_dict, read_checkpoint
+
+    tokenizer = factory.build_tokenizer_from(cfg.tokenizer)
+    tasks = factory.build_tasks(cfg.task, tokenizer)
+    module = factory.build_lit_module(cfg, tasks, tokenizer)
+    module.configure_model()
+    load_state_dict(module.model, read_checkpoint(ckpt).state_dict)  # the run's .ckpt, allow-listed unpickling
+    dm = factory.build_datamodule(cfg.data, tasks)
+    dm.setup("test")
+    return tasks, module.model.eval(), dm
+
+
 def main(argv: list[str] | None = None) -> None:
     cfg, ckpt = load_run(argv, __doc__.split("\n")[0], "best")
     true, rolled = test_metrics(cfg, ckpt, False), test_metrics(cfg, ckpt, True)

@@ -92,7 +92,7 @@ def scene_summary(objs: list[Obj], order: list[Obj]) -> str:
         return f"{a(f'{o.size} {o.name}')} at the {o.location}"
     big = next(o for o in objs if o.size == "large")
     rest = [a(o.name) for o in order if o is not big]
-    return f"{a(f'large {big.name}')} with {world._join(rest)}"
+    return f"{a(f'large {big.name}')} with {world.join_phrases(rest)}"
 
 
 # ---- one record per task -----------------------------------------------------------------------------

@@ -116,14 +116,14 @@ def captions(rng: random.Random, objs: list[Obj]) -> list[str]:
     if len(objs) == 1:
         o = objs[0]
         return [names[0], sized[0], f"{names[0]} at the {o.location}", f"there is {names[0]}"]
-    listed = _join(names)
+    listed = join_phrases(names)
     rel = f"{names[0]} {rng.choice(relation(objs[0], objs[1]))} {names[1]}"
     if len(objs) == 3:
         rel += f" and {names[2]}"
-    return [rel, listed, _join(sized), f"{NUMBERS[len(objs)]} shapes: {listed}"]
+    return [rel, listed, join_phrases(sized), f"{NUMBERS[len(objs)]} shapes: {listed}"]
 
 
-def _join(items: list[str]) -> str:
+def join_phrases(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
