@@ -31,7 +31,7 @@ from ofa.tasks.losses import LossConfig, label_smoothed_cross_entropy
 from ofa.utils.ema import EMA
 from ofa.utils.logging import get_logger
 from ofa.utils.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler
-from ofa.utils.wandb import is_wandb_logger, log_prediction_table
+from ofa.utils.wandb import is_wandb_logger, log_image_file, log_prediction_table
 
 log = get_logger(__name__)
 
@@ -112,11 +112,13 @@ class OFALitModule(pl.LightningModule):
         for name in dict.fromkeys(batch["task"]):
             rows = torch.tensor([t == name for t in batch["task"]], device=logits.device)
             masks = batch.get("constraint_masks")
-            cfg = self.tasks[name].cfg
+            task = self.tasks[name]
+            cfg = task.cfg
             out[name] = label_smoothed_cross_entropy(
                 logits[rows], batch["target"][rows], epsilon=cfg.label_smoothing, pad=self.model_cfg.pad_token_id,
                 conf=batch["conf"][rows] if batch.get("conf") is not None else None,
                 constraint_masks=masks[rows] if masks is not None else None,
+                constraint_range=task.constraint_range(),
                 drop_worst_ratio=self.cfg.loss.drop_worst_ratio, drop_worst_after=self.cfg.loss.drop_worst_after,
                 update_num=self.global_step, ignore_prefix_size=self.cfg.loss.ignore_prefix_size)
         return out
@@ -182,7 +184,19 @@ class OFALitModule(pl.LightningModule):
         keep = self.cfg.log_samples - len(self._samples[name])
         images = batch.get("patch_images")
         for i, row in enumerate(rows[:max(keep, 0)]):
-            self._samples[name].append((row, images[i].detach().cpu() if images is not None else None))
+            self._samples[name].append((row, self._row_image(row, images[i] if images is not None else None, name)))
+        for row in rows:
+            row.pop("image", None)
+
+    def _row_image(self, row: dict, image: Tensor | None, task: str) -> Tensor | None:
+        """The picture of a logged prediction row: the task's own (`row["image"]`, (3,H,W) in [0, 1], e.g. a
+        generated image) normalised like the inputs, else the input image."""
+        own = row.pop("image", None)
+        if own is None:
+            return image.detach().cpu() if image is not None else None
+        cfg = self.tasks[task].cfg
+        mean, std = own.new_tensor(cfg.mean)[:, None, None], own.new_tensor(cfg.std)[:, None, None]
+        return ((own - mean) / std).cpu()
 
     def _log_metrics(self, split: str) -> None:
         """Compute (and sync) every task metric, log `<split>/<task>/<name>`, reset."""
@@ -195,7 +209,16 @@ class OFALitModule(pl.LightningModule):
                 for key, v in values.items():  # equal on every rank already; sync_dist just averages equals
                     self.log(f"{split}/{name}/{key}", v, sync_dist=True, add_dataloader_idx=False)
                 metric.reset()
+            self._log_task_media(name, split)
         self._log_samples(split)
+
+    def _log_task_media(self, name: str, split: str) -> None:
+        """What the task writes after an evaluation (e.g. a grid of generated images), logged to W&B."""
+        path = self.tasks[name].end_evaluation(split, self.global_step)
+        if path is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        for logger in (lg for lg in self.loggers if is_wandb_logger(lg)):
+            log_image_file(logger, f"{split}/{name}/grid", path, self.global_step)
 
     def _evaluated_tasks(self, split: str) -> list[str]:
         """Tasks with a `split` dataloader (the datamodule knows); all tasks without a datamodule."""

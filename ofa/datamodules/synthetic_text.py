@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from pathlib import Path
 import webdataset as wds
 
 from ofa.datamodules import synthetic_world as world
+from ofa.datamodules.generated_dir import ensure_generated
 from ofa.datamodules.synthetic_world import Obj, a
 from ofa.tokenizer import train_tokenizer
 
@@ -264,18 +263,11 @@ def generate_synthetic_text(out_dir: str | os.PathLike, cfg: SyntheticTextConfig
     return out
 
 
-def _generated_with(summary: Path, cfg: SyntheticTextConfig) -> bool:
-    return summary.is_file() and json.loads(summary.read_text("utf-8")).get("config") == asdict(cfg)
-
-
 def ensure_synthetic_text(out_dir: str | os.PathLike, **kwargs) -> Path:
-    """Generate the text world in `out_dir` unless it is there with the same config (built in a temporary
-    folder and renamed, so concurrent processes are safe: the first rename wins); another config is replaced."""
+    """Generate the text world in `out_dir` unless it is there with the same config (`ensure_generated`:
+    concurrent processes are safe; another config is replaced)."""
     cfg = SyntheticTextConfig(**kwargs)
-    out = Path(out_dir).expanduser().resolve()
-    summary = out / "summary.json"
-    if _generated_with(summary, cfg):
-        return out
+    return ensure_generated(out_dir, asdict(cfg), lambda tmp: generate_synthetic_text(tmp, cfg))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

@@ -25,9 +25,13 @@ def token_bucket_table(bucket_size: int, max_position: int, log_position: int = 
 
 
 def token_buckets(table: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
-    """Bucket ids (Tq, Tk) for query positions `q_pos` (Tq,) and key positions `k_pos` (Tk,)."""
+    """Bucket ids (Tq, Tk) for query positions `q_pos` (Tq,) and key positions `k_pos` (Tk,).
+
+    Distances of `max_position` or more (only image-code targets get there: OFA's 1024 codes + `</s>` with
+    max_target_positions 1024) take the last bucket; those rows use the image buckets instead anyway."""
     max_position = (table.numel() + 1) // 2
-    return table[q_pos[:, None] - k_pos[None, :] + max_position - 1]
+    index = q_pos[:, None] - k_pos[None, :] + max_position - 1  # (Tq, Tk)
+    return table[index.clamp(0, table.numel() - 1)]
 
 
 def image_buckets(q_ids: Tensor, k_ids: Tensor, bucket_size: int) -> Tensor:

@@ -12,6 +12,8 @@ from ofa.tasks.gigaword import GigawordTask
 from ofa.tasks.glue import GLUE_TASKS
 from ofa.tasks.grounding import GroundingTask
 from ofa.tasks.image_classify import ImageClassifyTask
+from ofa.tasks.image_gen import ImageGenTask
+from ofa.tasks.image_infill import ImageInfillTask
 from ofa.tasks.snli_ve import SNLIVETask
 from ofa.tasks.text_infill import TextInfillTask
 from ofa.tasks.vqa import VQATask
@@ -25,6 +27,8 @@ TASKS: dict[str, type[Task]] = {
     **GLUE_TASKS,  # cola, sst2, mnli, rte, qnli, mrpc, qqp
     "gigaword": GigawordTask,
     "text_infill": TextInfillTask,
+    "image_gen": ImageGenTask,
+    "image_infill": ImageInfillTask,
 }
 
 __all__ = ["TASKS", "Task", "TaskConfig", "CaptionTask", "CaptionConfig"]

@@ -154,6 +154,12 @@ class Task:
             raise RunConfigError(f"{prefix}.generation.max_len_b={max_len} exceeds "
                                  f"model.max_target_positions={limit}")
 
+    def constraint_range(self) -> tuple[int, int] | None:
+        """Vocabulary range `[start, end)` the targets are restricted to, besides the 4 specials (OFA's
+        `--constraint-range`, e.g. the `<code_i>` tokens of image generation): applied to the logits in the
+        loss and in decoding. None = the whole vocabulary."""
+        return None
+
     # ---- evaluation side -------------------------------------------------------------------
     def build_metrics(self) -> dict[str, Any]:
         """name -> torchmetrics.Metric; logged as `<split>/<task>/<name>`."""
@@ -165,6 +171,11 @@ class Task:
             tok = self.tokenizer
             self._generator = SequenceGenerator(model, self.cfg.generation, pad=tok.pad, bos=tok.bos, eos=tok.eos)
         return self._generator
+
+    def end_evaluation(self, split: str, step: int) -> Any:
+        """Called once after each evaluation of `split`; a task that writes a picture (e.g. a grid of
+        generated images) returns its path, which is logged to W&B. Default: nothing."""
+        return None
 
     def evaluate(self, model: torch.nn.Module, batch: dict[str, Any], metrics: dict[str, Any]) -> list[dict]:
         """Decode/score a batch, update `metrics`, return per-sample predictions for logging."""

@@ -112,6 +112,13 @@ def log_prediction_table(logger: Any, key: str, samples: Sequence[tuple[dict, Te
     logger.experiment.log({key: run_media_table()(columns=COLUMNS, data=data), "trainer/global_step": step})
 
 
+def log_image_file(logger: Any, key: str, path: str | Path, step: int) -> None:
+    """Log a picture file (e.g. a grid of generated images) under `key`."""
+    import wandb
+
+    logger.experiment.log({key: wandb.Image(str(path)), "trainer/global_step": step})
+
+
 def offline_run_dirs(loggers: Sequence[Any]) -> list[Path]:
     """Directories of the offline W&B runs these loggers started (a logger whose run never started has none)."""
     runs = [getattr(lg, "_experiment", None) for lg in loggers if is_wandb_logger(lg)]

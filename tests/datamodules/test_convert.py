@@ -94,6 +94,9 @@ LAYOUT_CASES = {
     "image_gen": (
         [["g1", "1 2 3 8191", "a red square"]],
         [({"id": "g1", "captions": ["a red square"], "codes": [1, 2, 3, 8191]}, None)]),
+    "pretrain_image": (
+        [["m1", b64(PNG), "4 5 6 7"]],
+        [(with_size({"id": "m1", "center_codes": [4, 5, 6, 7]}, PNG), PNG)]),
     "gigaword": (
         [["a long article text", "short summary"]],
         [({"id": "gigaword:1", "text": "a long article text", "summary": "short summary"}, None)]),
@@ -191,6 +194,9 @@ BAD_CASES = {  # fmt: (good row, [(bad row, reason)])
         (["g", "0 1 2", "c"], "bad codes"),
         (["g", "0 1 2 8192", "c"], "bad codes"),
         (["g", "", "c"], "missing field")]),
+    "pretrain_image": (["m", b64(PNG), "0 1 2 3"], [
+        (["m", b64(PNG), "0 1 2"], "bad codes"),
+        (["m", b64(b"not an image at all"), "0 1 2 3"], "bad image")]),
     "cola": (["fine", "1"], [(["fine", "2"], "unknown label"), (["", "1"], "missing field")]),
     "rte": (["a", "b", "entailment"], [(["a", "b", "1"], "unknown label")]),
     "vision_language": (["p", b64(JPG), "c", "", "", "", "d", "caption"], [

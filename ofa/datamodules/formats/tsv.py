@@ -84,6 +84,12 @@ def _image_gen(v: list[str], _: str) -> Sample:
     return with_image(meta, image_from_base64(v[3]) if len(v) > 3 else None)
 
 
+def _pretrain_image(v: list[str], _: str) -> Sample:
+    """OFA's image_examples.tsv: a 256x256 image and the codes of its central 128x128 (spec §3.11)."""
+    meta = {"id": require(v[0], "id"), "center_codes": parse_codes(v[2])}
+    return with_image(meta, image_from_base64(v[1]))
+
+
 def _gigaword(v: list[str], fallback_id: str) -> Sample:
     return Sample({"id": fallback_id, "text": require(v[0], "source"), "summary": require(v[1], "target")})
 
@@ -140,6 +146,7 @@ LAYOUTS: dict[str, TsvLayout] = {
                                 ("image", "class-name"), (0, 2), _image_classify),
     "image_gen": TsvLayout(("uniq-id", "image-codes", "caption"),
                            ("id", "caption", "codes", "image"), (0, 2, 1), _image_gen, optional=1),
+    "pretrain_image": TsvLayout(("uniq-id", "image", "codes"), ("id", "image", "codes"), (0, 1, 2), _pretrain_image),
     "gigaword": TsvLayout(("source", "target"), ("source", "target"), (0, 1), _gigaword),
     "cola": TsvLayout(_ONE, _ONE, (0, 1), _glue(_BINARY, _ONE)),
     "sst2": TsvLayout(_ONE, _ONE, (0, 1), _glue({"0": "negative", "1": "positive"}, _ONE)),
