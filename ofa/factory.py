@@ -15,6 +15,8 @@ from ofa.checkpoint_io import AtomicCheckpointIO, tokenizer_record
 from ofa.datamodules.datamodule import LoaderConfig, OFADataModule, build_sources
 from ofa.datamodules.shards import SHARD_KEYS
 from ofa.datamodules.synthetic import ensure_synthetic_dataset
+from ofa.datamodules.synthetic_codes import ensure_code_shards
+from ofa.datamodules.synthetic_judges import ensure_synthetic_judges
 from ofa.errors import RunConfigError
 from ofa.lit_module import OFALitModule
 from ofa.own_data import prepare_own_data
@@ -45,6 +47,13 @@ def prepare_data_dir(cfg: DictConfig) -> None:
     if cfg.data.get("synthetic_dir"):
         path = ensure_synthetic_dataset(cfg.data.synthetic_dir)
         log.info("synthetic dataset: %s", path)
+        task_nodes = cfg.task.tasks.items() if cfg.task.get("tasks") else [(cfg.task.name, cfg.task)]
+        for name, node in task_nodes:
+            codes = ensure_code_shards(cfg.data.synthetic_dir, name, node)
+            if codes is not None:
+                log.info("code shards of %s: %s", name, codes)
+            if name == "image_gen" and (node.get("judge") or node.scorer.kind == "synthetic"):
+                log.info("judge and scorer of the synthetic world: %s", ensure_synthetic_judges(cfg.data.synthetic_dir))
     prepare_own_data(cfg)
 
 

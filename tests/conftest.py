@@ -5,6 +5,7 @@
   sizes.json, summary.json and tokenizer.json). Session-scoped; generated in about a second.
 - `synthetic_shards`: split -> absolute brace pattern of that split's shards.
 - `tokenizer`: the dataset's `OFATokenizer` (trained layout, 8192 codes, 1000 bins).
+- `tiny_vqgan_dir`: a random 8x-downsampling Gumbel VQGAN (32 codes) saved as model.yaml + last.ckpt.
 - `stub_task`: factory of a minimal task (`name`, `preprocess`) for data tests that need no real task.
 """
 from __future__ import annotations
@@ -51,3 +52,16 @@ def stub_task(tokenizer: OFATokenizer) -> Callable[..., StubTask]:
         return StubTask(tokenizer, name, field, image_size)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_vqgan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from ofa.modules.vqgan import GumbelVQGAN, VQGANConfig
+    from ofa.vqgan_io import save_vqgan
+
+    torch.manual_seed(0)
+    cfg = VQGANConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, attn_resolutions=(), z_channels=8, embed_dim=8,
+                      n_embed=32, resolution=64)
+    return save_vqgan(GumbelVQGAN(cfg), cfg, tmp_path_factory.mktemp("vqgan") / "vq")

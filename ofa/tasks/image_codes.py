@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,9 +25,25 @@ def code_grid(image_size: int, factor: int = VQ_FACTOR) -> int:
     return image_size // factor
 
 
-def code_range(tokenizer: Any) -> tuple[int, int]:
-    """The `<code_i>` ids `[start, end)`: OFA's `--constraint-range=50265,58457` for its vocabulary."""
-    return tokenizer.code_offset, tokenizer.code_offset + tokenizer.num_codes
+def code_range(tokenizer: Any, vqgan: str | None = None) -> tuple[int, int]:
+    """The `<code_i>` ids `[start, end)` a target may use: OFA's `--constraint-range=50265,58457` for its
+    vocabulary and VQGAN; with a smaller codebook (`vqgan`'s n_embed < the tokenizer's code tokens) only its
+    codes, so that nothing is generated that the VQGAN cannot decode."""
+    codes = tokenizer.num_codes
+    if vqgan:
+        codes = min(codes, codebook_size(str(Path(vqgan).expanduser())))
+    return tokenizer.code_offset, tokenizer.code_offset + codes
+
+
+@lru_cache(maxsize=8)
+def codebook_size(vqgan: str) -> int:
+    """`n_embed` of the VQGAN at `vqgan` (read from its model.yaml; the tokenizer's 8192 if it is absent)."""
+    from ofa.vqgan_io import find_bundle, read_config
+
+    try:
+        return read_config(find_bundle(vqgan)[0]).n_embed
+    except FileNotFoundError:
+        return 1 << 62
 
 
 def code_tokens(codes: Any, tokenizer: Any, expected: int) -> Tensor | None:

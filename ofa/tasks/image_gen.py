@@ -83,11 +83,14 @@ class ImageGenTask(Task):
         meta: dict[str, Any] = {"caption": caption}
         if split != "train":
             meta.update(attributes=attributes_of(raw), real=real_image(raw, self.cfg.code_image_size))
-        return self.make_sample(raw, self.encode_text(self.cfg.prompt.format(caption), bos=True, eos=True),
-                                target, None, code_mask=True, meta=meta)
+        return self.make_sample(raw, self.source(caption), target, None, code_mask=True, meta=meta)
+
+    def source(self, caption: str) -> Tensor:
+        """(S,) `<s> what is the complete image? caption: {caption} </s>` (the caption as given)."""
+        return self.encode_text(self.cfg.prompt.format(caption), bos=True, eos=True)
 
     def constraint_range(self) -> tuple[int, int]:
-        return code_range(self.tokenizer)
+        return code_range(self.tokenizer, self.cfg.vqgan)
 
     def check(self, model_cfg: Any, tokenizer: Any, prefix: str = "task") -> None:
         check_code_grid(prefix, self.cfg.code_image_size, model_cfg)
@@ -102,7 +105,7 @@ class ImageGenTask(Task):
     def generator(self, model: nn.Module) -> Any:
         """Sampling, every step a code (`gen_code`, the code range), exactly `num_codes` codes then `</s>`."""
         gen = self.cfg.generation
-        gen.constraint_range, gen.gen_code = code_range(self.tokenizer), True
+        gen.constraint_range, gen.gen_code = code_range(self.tokenizer, self.cfg.vqgan), True
         gen.min_len, gen.max_len_a, gen.max_len_b = self.num_codes, 0.0, self.num_codes
         return super().generator(model)
 

@@ -85,7 +85,7 @@ class ImageInfillTask(Task):
                                 mask_center(pixels), code_mask=True, conf=self.cfg.conf, meta=meta)
 
     def constraint_range(self) -> tuple[int, int]:
-        return code_range(self.tokenizer)
+        return code_range(self.tokenizer, self.cfg.vqgan)
 
     def check(self, model_cfg: Any, tokenizer: Any, prefix: str = "task") -> None:
         super().check(model_cfg, tokenizer, prefix)
@@ -93,7 +93,7 @@ class ImageInfillTask(Task):
 
     def generator(self, model: nn.Module) -> Any:
         gen = self.cfg.generation
-        gen.constraint_range, gen.gen_code = code_range(self.tokenizer), True
+        gen.constraint_range, gen.gen_code = code_range(self.tokenizer, self.cfg.vqgan), True
         gen.min_len, gen.max_len_a, gen.max_len_b = self.num_codes, 0.0, self.num_codes
         return super().generator(model)
 

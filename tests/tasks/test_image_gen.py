@@ -115,3 +115,10 @@ def test_codes_beyond_max_target_positions_use_image_positions(tokenizer) -> Non
                        batch["code_masks"])
     assert logits.shape[1] == 17 and bool(torch.isfinite(logits).all())
     assert task.generate_codes(model, batch).shape == (2, 3, 16)  # the cached decoder gets there too
+
+
+def test_a_smaller_codebook_narrows_the_constraint(tokenizer, tiny_vqgan_dir) -> None:
+    """A VQGAN with 32 codes: only <code_0..31> may be targets or generated (the rest cannot be decoded)."""
+    task = ImageGenTask(tokenizer, ImageGenConfig(code_image_size=32, vqgan=str(tiny_vqgan_dir)))
+    assert task.constraint_range() == (tokenizer.code_offset, tokenizer.code_offset + 32)
+    assert task.generator(torch.nn.Linear(1, 1)).cfg.constraint_range == task.constraint_range()
