@@ -215,3 +215,17 @@ def annotate(rng: random.Random, objs: list[Obj]) -> dict:
     return {"captions": caps, "vqa": vqa(rng, objs), "refs": refs(rng, objs),
             "entailment": entailment(rng, objs, rng.choice(caps)), "label": main.name,
             "objects": [{"color": o.color, "shape": o.shape, "size": o.size, "box": list(o.box)} for o in objs]}
+
+
+def render_single_object(rng: random.Random, image_size: int) -> tuple[Image.Image, dict, str]:
+    """One object of random colour, shape, size and grid cell on a random background (text-to-image data).
+
+    Returns (image, attributes, caption): attributes = {color, shape, size, cell: [row, col], box}, caption
+    e.g. `a large red circle at the top left`.
+    """
+    color, shape, size = rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(list(SIZES))
+    cell = (rng.randrange(3), rng.randrange(3))
+    obj = _place(rng, color, shape, size, cell, image_size)
+    image = render([obj], rng.choice(BACKGROUNDS), image_size)
+    attributes = {"color": color, "shape": shape, "size": size, "cell": list(cell), "box": list(obj.box)}
+    return image, attributes, f"{a(f'{size} {color} {shape}')} at the {obj.location}"
