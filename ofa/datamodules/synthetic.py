@@ -25,6 +25,7 @@ from pathlib import Path
 import webdataset as wds
 
 from ofa.datamodules import synthetic_world as world
+from ofa.datamodules.synthetic_image import ensure_synthetic_image
 from ofa.datamodules.synthetic_text import ensure_synthetic_text
 from ofa.tokenizer import train_tokenizer
 
@@ -138,6 +139,8 @@ def ensure_synthetic_dataset(out_dir: str | os.PathLike, **kwargs) -> Path:
     if not (out / "summary.json").is_file():
         _generate_atomically(out, cfg)
     _check_config(out, cfg)
+    ensure_synthetic_image(out / "image_gen", tokenizer=out / "tokenizer.json", num_train=2 * cfg.num_train,
+                           num_val=cfg.num_val, num_test=cfg.num_test, seed=cfg.seed)
     ensure_synthetic_text(out / "text", num_train=cfg.num_train, num_val=cfg.num_val, num_test=cfg.num_test,
                           seed=cfg.seed, vocab_size=cfg.vocab_size, num_codes=cfg.num_codes, num_bins=cfg.num_bins)
     return out

@@ -35,7 +35,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
     files = sorted(p.name for p in a.iterdir() if p.is_file())
     assert files == ["answers.json", "classes.json", "sizes.json", "summary.json", "tokenizer.json",
                      "train-000000.tar", "train-000001.tar", "val-000000.tar"]
-    assert sorted(p.name for p in a.iterdir() if p.is_dir()) == ["text"]  # ofa.datamodules.synthetic_text
+    assert sorted(p.name for p in a.iterdir() if p.is_dir()) == ["image_gen", "text"]  # synthetic_image, _text
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert (a / "train-000000.tar").read_bytes() != (c / "train-000000.tar").read_bytes()
 
