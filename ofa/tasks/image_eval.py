@@ -104,7 +104,7 @@ class ImageEvaluator:
         if self.scorer_cfg.kind != "none":
             metrics["clip"] = mi.ClipSimilarity(self.scorer)
         if self.judge_path:
-            metrics["judge"] = mi.JudgedAccuracy(self.judge)
+            metrics["judge"] = mi.JudgedAccuracy(self.judge, prefix="judge_")
         if self.fid == "judge":
             metrics["fid"] = mi.fid_metric(mi.JudgeFeatures(self.judge))
         elif self.fid == "inception":

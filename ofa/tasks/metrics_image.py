@@ -178,7 +178,8 @@ class JudgedAccuracy(Metric):
     `update(images, labels)`: labels {name: (B,) long} or per-image attribute dicts (`encode_labels`).
     States: the number of images, and of images whose `color` / `shape` / `cell` / `size` the judge
     predicts as intended, and of those with colour AND shape AND cell all right (`all`); summed across
-    processes. `compute()` -> {color, shape, cell, size, all}: each count / number of images (NaN if none).
+    processes. `compute()` -> {color, shape, cell, size, all}: each count / number of images (NaN if none),
+    the keys prefixed with `prefix` (the image_gen task logs `judge_all`, ...).
     `judge`: an `ImageJudge` or a function returning one (first use).
     """
 
@@ -186,9 +187,10 @@ class JudgedAccuracy(Metric):
     higher_is_better = True
     KEYS = (*ATTRIBUTES, "all")
 
-    def __init__(self, judge: ImageJudge | Callable[[], ImageJudge], **kwargs: Any) -> None:
+    def __init__(self, judge: ImageJudge | Callable[[], ImageJudge], prefix: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         object.__setattr__(self, "_judge_source", judge)  # not a submodule: stays out of state_dict
+        self.prefix = prefix
         for key in (*self.KEYS, "count"):
             self.add_state(key, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
@@ -207,4 +209,5 @@ class JudgedAccuracy(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         n = self.count.double()
-        return {k: (getattr(self, k) / n).float() if n > 0 else torch.tensor(float("nan")) for k in self.KEYS}
+        return {self.prefix + k: (getattr(self, k) / n).float() if n > 0 else torch.tensor(float("nan"))
+                for k in self.KEYS}

@@ -18,7 +18,6 @@ from ofa.tasks.image_judge import (
     judge_accuracy,
     judge_counts,
     render_dataset,
-    train_judge,
 )
 from ofa.tasks.metrics_image import JudgedAccuracy, fid_metric
 
@@ -27,12 +26,6 @@ from ofa.tasks.metrics_image import JudgedAccuracy, fid_metric
 def held_out() -> tuple[torch.Tensor, list[dict]]:
     images, attrs, _ = render_dataset(400, seed=1)
     return images, attrs
-
-
-@pytest.fixture(scope="module")
-def judge() -> ImageJudge:
-    images, attrs, _ = render_dataset(1500, seed=0)
-    return train_judge(images, encode_labels(attrs), steps=200, batch_size=32, seed=0)
 
 
 def test_render_single_object() -> None:

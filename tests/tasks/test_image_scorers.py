@@ -18,7 +18,6 @@ from ofa.tasks.image_scorers import (
     build_vocab,
     contrastive_loss,
     rerank,
-    train_synthetic_scorer,
 )
 
 TINY = {"embed_dim": 16,
@@ -95,12 +94,6 @@ def test_open_clip_scorer_missing_weights(tiny_clip, tmp_path) -> None:
 
 
 # ---- SyntheticClipScorer ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def scorer() -> SyntheticClipScorer:
-    images, _, captions = render_dataset(1200, seed=0)
-    return train_synthetic_scorer(images, captions, steps=100, batch_size=64, lr=5e-3, seed=0)
-
-
 @pytest.fixture(scope="module")
 def held_out() -> tuple[torch.Tensor, list[dict], list[str]]:
     return render_dataset(200, seed=1)
