@@ -200,6 +200,12 @@ def monitor_key(task_name: str, monitor: str, split: str = "val") -> str:
     return f"{split}/{monitor}" if "/" in monitor else f"{split}/{task_name}/{monitor}"
 
 
+def monitor_mode(monitor: str) -> str:
+    """`min` for metrics where lower is better (a loss, FID), else `max`. Resolver `${monitor_mode:...}`."""
+    name = monitor.rsplit("/", 1)[-1]
+    return "min" if name == "loss" or name.endswith("_loss") or name == "fid" else "max"
+
+
 def subdir(base: str | None, sub: str) -> str | None:
     """`base/sub`, or None when `base` is null. Resolver `${subdir:${data.synthetic_dir},text/cola}`: the data
     options of the text tasks find their synthetic folder, and `data.synthetic_dir=null` leaves `data.root` null."""
@@ -210,6 +216,7 @@ def register_schemas() -> None:
     """Store every schema in Hydra's ConfigStore and register the config resolvers (idempotent)."""
     OmegaConf.register_new_resolver("monitor_key", monitor_key, replace=True)
     OmegaConf.register_new_resolver("subdir", subdir, replace=True)
+    OmegaConf.register_new_resolver("monitor_mode", monitor_mode, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainSchema)
     for name, task_cls in TASKS.items():

@@ -257,3 +257,13 @@ def test_task_schemas_follow_task_configs() -> None:
         schema = task_schema(name, cls)
         fields = {f.name for f in dataclasses.fields(schema)}
         assert {f.name for f in dataclasses.fields(task_config_class(cls))} | {"name", "monitor"} == fields
+
+
+def test_checkpoint_mode_follows_the_monitor(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    """Best checkpoint: the highest metric, or the lowest loss / FID (`image_gen` without a scorer monitors loss)."""
+    base = data_overrides(synthetic_data_dir)
+    assert compose_cfg(base, tmp_path).callbacks.model_checkpoint.mode == "max"
+    assert compose_cfg([*base, "task=image_gen"], tmp_path).callbacks.model_checkpoint.mode == "min"
+    assert compose_cfg([*base, "task=image_gen", "task.monitor=fid"], tmp_path).callbacks.model_checkpoint.mode == "min"
+    assert compose_cfg([*base, "task=image_gen", "task.monitor=judge_all"],
+                       tmp_path).callbacks.model_checkpoint.mode == "max"
