@@ -160,9 +160,9 @@ def captioned_grid(items: list[tuple[Tensor, str]], cols: int = 4) -> Image.Imag
         x, y = (i % cols) * GRID_CELL, (i // cols) * (GRID_CELL + GRID_TEXT)
         pixels = image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
         sheet.paste(Image.fromarray(pixels).resize((GRID_CELL, GRID_CELL), Image.Resampling.NEAREST), (x, y))
-        words, lines = caption.split(), ["", ""]
-        for w in words:  # two short lines of the caption
-            line = 0 if len(lines[0]) + len(w) < 22 else 1
+        lines, line = ["", ""], 0
+        for w in caption.split():  # two short lines of the caption, in order
+            line = 1 if line or len(lines[0]) + len(w) >= 22 else 0
             lines[line] = f"{lines[line]} {w}".strip()
         draw.text((x + 2, y + GRID_CELL + 1), "\n".join(lines), fill="black")
     return sheet
