@@ -176,14 +176,3 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         save_vqgan(GumbelVQGAN(TINY), None, tmp_path)
     assert (tmp_path / "last.ckpt").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "model.yaml"]
-
-
-def test_norm_groups_round_trip(tmp_path: Path) -> None:
-    from ofa.modules.vqgan import GumbelVQGAN, VQGANConfig
-    from ofa.vqgan_io import load_vqgan, save_vqgan
-
-    cfg = VQGANConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, attn_resolutions=(), z_channels=8, embed_dim=8,
-                      n_embed=16, resolution=32, norm_groups=8)
-    loaded = load_vqgan(save_vqgan(GumbelVQGAN(cfg), cfg, tmp_path / "vq"))
-    assert loaded.cfg.norm_groups == 8
-    assert {m.num_groups for m in loaded.modules() if isinstance(m, torch.nn.GroupNorm)} == {8}

@@ -56,19 +56,12 @@ class VQGANConfig:
     kl_weight: float = 1e-8
     temperature: float = 1.0
     temperature_scheduler_config: dict | None = field(default_factory=f8_temperature_schedule)
-    # Not taming's: its GroupNorms always have 32 groups (taming ignores this key). With 32 channels (a small
-    # model) that is one channel per group, an instance norm, which erases the colour of flat regions: the
-    # synthetic world's tokenizer uses 8 groups. Written to model.yaml only when it is not 32.
-    norm_groups: int = 32
 
     def __post_init__(self) -> None:
         self.ch_mult = tuple(self.ch_mult)
         self.attn_resolutions = tuple(self.attn_resolutions)
         # taming's GumbelVQ feeds quant_conv's output (embed_dim channels) to quantize.proj, which it builds
         # for z_channels inputs, and builds quant_conv for z_channels inputs: other settings fail there too
-        widths = [self.ch * m for m in self.ch_mult]
-        if any(w % self.norm_groups for w in widths):
-            raise ValueError(f"norm_groups={self.norm_groups} does not divide the widths {widths}")
         if self.double_z or self.z_channels != self.embed_dim:
             raise ValueError(f"a Gumbel VQGAN needs double_z False and z_channels == embed_dim, got double_z "
                              f"{self.double_z}, z_channels {self.z_channels}, embed_dim {self.embed_dim}")
@@ -83,8 +76,6 @@ class VQGANConfig:
         names = ("double_z", "z_channels", "resolution", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks",
                  "attn_resolutions", "dropout")
         values = {n: getattr(self, n) for n in names}
-        if self.norm_groups != 32:
-            values["norm_groups"] = self.norm_groups
         return {n: list(v) if isinstance(v, tuple) else v for n, v in values.items()}
 
     @classmethod
@@ -134,9 +125,6 @@ class GumbelVQGAN(nn.Module):
         self.quantize = GumbelQuantizer(cfg.z_channels, cfg.n_embed, cfg.embed_dim)  # before quant_conv, as taming
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, kernel_size=1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, kernel_size=1)
-        for module in self.modules():  # taming's blocks have 32 groups; `norm_groups` is our extension
-            if isinstance(module, nn.GroupNorm):
-                module.num_groups = cfg.norm_groups
 
     def logits(self, images: Tensor) -> Tensor:
         """Codebook logits (B, n_embed, H/f, W/f) of images (B, 3, H, W) in [-1, 1]."""

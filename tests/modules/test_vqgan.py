@@ -139,13 +139,3 @@ def test_modules_import_without_training_stack():
             "assert GumbelVQGAN(cfg).encode(torch.zeros(1, 3, 4, 4)).shape == (1, 16)\n"
             "assert not [m for m in sys.modules if m.startswith(('ofa.tasks', 'ofa.datamodules', 'ofa.vqgan_io'))]")
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_norm_groups_extension() -> None:
-    """taming's GroupNorms have 32 groups; `norm_groups` (ours) sets them all, and must divide every width."""
-    model = GumbelVQGAN(VQGANConfig(**{**TINY, "norm_groups": 8}))
-    groups = {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)}
-    assert groups == {8}
-    assert "norm_groups" not in VQGANConfig().ddconfig() and VQGANConfig(**{**TINY, "norm_groups": 8}).ddconfig()["norm_groups"] == 8
-    with pytest.raises(ValueError, match="norm_groups=7"):
-        VQGANConfig(**{**TINY, "norm_groups": 7})
