@@ -5,7 +5,7 @@
 - `image_infill`: `<synthetic_dir>/image_infill/`, the main world's shards with `center_codes` at
   `task.image_size`.
 Each folder records the VQGAN (path, size and mtime of its checkpoint) and the sizes in its summary.json and
-is remade when they change, e.g. after `python train_vq.py` trained a new tokenizer.
+is remade when they change, e.g. after a new tokenizer was trained into the same folder.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ def vqgan_stamp(path: str) -> dict[str, Any]:
     """What identifies a VQGAN checkpoint: its resolved path, size and mtime."""
     ckpt = Path(path).expanduser().resolve() / "last.ckpt"
     if not ckpt.is_file():
-        raise RunConfigError(f"task.vqgan={path}: no last.ckpt there; train the synthetic world's tokenizer "
-                             "with `python train_vq.py` or point task.vqgan at a VQGAN dir (model.yaml + last.ckpt)")
+        raise RunConfigError(f"task.vqgan={path}: no last.ckpt there; point task.vqgan at a VQGAN dir "
+                             "(model.yaml + last.ckpt: OFA's vqgan/ folder or a taming-transformers run)")
     stat = ckpt.stat()
     return {"vqgan": str(ckpt.parent), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
