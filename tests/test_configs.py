@@ -21,7 +21,7 @@ from ofa.tasks import TASKS
 from ofa.utils.config_errors import format_config_error
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "vq")  # vq: train_vq.yaml's group
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 GPU_TRAINERS = ("gpu", "ddp", "fsdp")
 
