@@ -60,3 +60,14 @@ def test_missing_vqgan_is_one_line(synthetic_data_dir: Path, tmp_path: Path) -> 
                        ROOT, {**os.environ, "WANDB_MODE": "offline"})
     assert proc.returncode != 0
     assert "task.vqgan=" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_synthetic_tokenizer_names_the_command(tmp_path: Path) -> None:
+    from ofa.datamodules.synthetic_codes import vqgan_stamp
+    from ofa.errors import RunConfigError
+
+    with pytest.raises(RunConfigError, match=r"vq_nano: no last.ckpt there.*python train_vq.py"):
+        vqgan_stamp(str(tmp_path / "vq_nano"))
+    with pytest.raises(RunConfigError) as other:
+        vqgan_stamp(str(tmp_path / "my_vqgan"))
+    assert "train_vq" not in str(other.value)

@@ -25,8 +25,10 @@ def vqgan_stamp(path: str) -> dict[str, Any]:
     """What identifies a VQGAN checkpoint: its resolved path, size and mtime."""
     ckpt = Path(path).expanduser().resolve() / "last.ckpt"
     if not ckpt.is_file():
+        hint = ("; make the synthetic world's tokenizer there with `python train_vq.py` (about 5 minutes on 2 cores)"
+                if Path(path).name == "vq_nano" else "")
         raise RunConfigError(f"task.vqgan={path}: no last.ckpt there; point task.vqgan at a VQGAN dir "
-                             "(model.yaml + last.ckpt: OFA's vqgan/ folder or a taming-transformers run)")
+                             f"(model.yaml + last.ckpt: OFA's vqgan/ folder or a taming-transformers run){hint}")
     stat = ckpt.stat()
     return {"vqgan": str(ckpt.parent), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
