@@ -172,6 +172,7 @@ def _write_atomic(path: Path, write) -> None:  # noqa: ANN001 - a callable takin
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is shared like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

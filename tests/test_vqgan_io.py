@@ -138,6 +138,7 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
     model = GumbelVQGAN(TINY).eval()
     out = save_vqgan(model, None, tmp_path / "vqgan", extra={"global_step": 7})
     assert sorted(p.name for p in out.iterdir()) == ["last.ckpt", "model.yaml"]  # no temporary files left
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}  # readable by others, as any file
     yaml = OmegaConf.load(out / "model.yaml").model
     assert yaml.target == "taming.models.vqgan.GumbelVQ" and yaml.params.lossconfig.target.endswith("DummyLoss")
     ckpt = read_checkpoint(out / "last.ckpt")

@@ -36,6 +36,8 @@ def test_config_defaults_are_gumbel_f8():
         VQGANConfig.from_dict({"chmult": [1]})
     with pytest.raises(ValueError, match="z_channels == embed_dim"):
         VQGANConfig(z_channels=16, embed_dim=8)
+    with pytest.raises(ValueError, match="num_res_blocks >= 1, got 0"):
+        VQGANConfig(num_res_blocks=0)
 
 
 def test_encode_decode_shapes(model):
