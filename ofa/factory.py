@@ -137,6 +137,8 @@ def build_trainer(trainer_cfg: DictConfig, logger: Any, callbacks: list[pl.Callb
         kwargs["strategy"].checkpoint_io, plugins = io, []  # a strategy object takes its IO directly
     else:
         plugins = [io]
+    if kwargs.get("enable_progress_bar") is False:  # Lightning refuses a progress-bar callback with the bar off
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
     return pl.Trainer(**kwargs, logger=logger, callbacks=[*callbacks, RNGStateCallback()], plugins=plugins)
 
 

@@ -106,6 +106,9 @@ def test_default_config_instantiates(synthetic_data_dir: Path, tmp_path: Path) -
     assert trainer.checkpoint_callback.monitor == "val/vqa/score"
     module.configure_model()
     assert module.model is not None
+    cfg.trainer.enable_progress_bar = False  # the bar off with the default callbacks (which hold one)
+    quiet = factory.build_trainer(cfg.trainer, False, factory.build_callbacks(cfg.callbacks))
+    assert quiet.progress_bar_callback is None and quiet.checkpoint_callback.monitor == "val/vqa/score"
 
 
 def test_caption_recipe_keeps_the_old_default(tmp_path: Path) -> None:
