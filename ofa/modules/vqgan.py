@@ -60,8 +60,9 @@ class VQGANConfig:
     def __post_init__(self) -> None:
         self.ch_mult = tuple(self.ch_mult)
         self.attn_resolutions = tuple(self.attn_resolutions)
-        if self.num_res_blocks < 1:  # the encoder's blocks change the width between levels: none cannot
-            raise ValueError(f"a VQGAN needs num_res_blocks >= 1, got {self.num_res_blocks}")
+        if self.num_res_blocks < 1 and set(self.ch_mult) != {1}:  # the encoder's blocks change the width
+            raise ValueError(f"a VQGAN with num_res_blocks {self.num_res_blocks} needs one width "
+                             f"(ch_mult all 1), got ch_mult {list(self.ch_mult)}")
         # taming's GumbelVQ feeds quant_conv's output (embed_dim channels) to quantize.proj, which it builds
         # for z_channels inputs, and builds quant_conv for z_channels inputs: other settings fail there too
         if self.double_z or self.z_channels != self.embed_dim:

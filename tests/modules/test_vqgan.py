@@ -36,8 +36,10 @@ def test_config_defaults_are_gumbel_f8():
         VQGANConfig.from_dict({"chmult": [1]})
     with pytest.raises(ValueError, match="z_channels == embed_dim"):
         VQGANConfig(z_channels=16, embed_dim=8)
-    with pytest.raises(ValueError, match="num_res_blocks >= 1, got 0"):
-        VQGANConfig(num_res_blocks=0)
+    with pytest.raises(ValueError, match=r"num_res_blocks 0 needs one width \(ch_mult all 1\), got ch_mult \[1, 2\]"):
+        VQGANConfig(num_res_blocks=0, ch_mult=(1, 2))
+    assert GumbelVQGAN(VQGANConfig(**{**TINY, "num_res_blocks": 0, "ch_mult": (1, 1)})).decode(
+        torch.zeros(1, 4, 4, dtype=torch.long)).shape == (1, 3, 8, 8)  # one width: no blocks is valid
 
 
 def test_encode_decode_shapes(model):
