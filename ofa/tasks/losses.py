@@ -4,9 +4,14 @@
 or a vocabulary range), log-probs scaled by a per-sample confidence, padding dropped, label smoothing
 spread over the *allowed* set only, and optionally the worst tokens dropped after some updates. The loss
 is a sum; the caller divides by `ntokens` (fairseq's `sample_size`).
+
+The encouraging-loss variant (spec §4.4, OFA's `adjust_label_smoothed_encouraging_loss`) adds a bonus
+`log(1 - p)` (linear beyond `p > log_end`) that keeps pushing well-classified tokens towards p = 1, and
+may also drop the best tokens (`drop_best_ratio`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +28,10 @@ class LossConfig:
     drop_worst_ratio: float = 0.0  # caption stage 1: 0.2
     drop_worst_after: int = 0  # updates before dropping starts (2500 large, 6000 base)
     ignore_prefix_size: int = 0
+    encouraging: bool = False  # add the encouraging bonus (spec §4.4; OFA's *_el.sh scripts)
+    log_end: float = 0.75  # the bonus is linear beyond p > log_end (1.0: log(1 - p) throughout)
+    drop_best_ratio: float = 0.0  # drop this fraction of the lowest-loss tokens (encouraging-loss option)
+    drop_best_after: int = 0
 
 
 @dataclass
@@ -44,11 +53,15 @@ def label_smoothed_cross_entropy(
     drop_worst_after: int = 0,
     update_num: int = 0,
     ignore_prefix_size: int = 0,
+    encouraging_log_end: float | None = None,
+    drop_best_ratio: float = 0.0,
+    drop_best_after: int = 0,
 ) -> LossOutput:
     """Summed label-smoothed CE over non-pad target tokens.
 
     logits (B,T,V); target (B,T) with `pad` ignored; conf (B,) multiplies log-probs; constraint_masks
     (B,T,V) bool, True = allowed; constraint_range (s, e) allows ids [0, 4) and [s, e).
+    `encouraging_log_end` not None: add the encouraging bonus of the kept tokens (spec §4.4).
     """
     if ignore_prefix_size > 0:
         logits, target = logits[:, ignore_prefix_size:], target[:, ignore_prefix_size:]
@@ -64,8 +77,30 @@ def label_smoothed_cross_entropy(
     lprobs = F.log_softmax(logits.float(), dim=-1)
     if conf is not None:
         lprobs = lprobs * conf.to(lprobs)[:, None].expand_as(keep)[keep][:, None]
-    return _smoothed_nll(lprobs, tgt, epsilon, masks, constraint_range, drop_worst_ratio,
-                         drop_worst_after, update_num)
+    loss, nll, keep_idx = _smoothed_nll(lprobs, tgt, epsilon, masks, constraint_range)  # (N,) each
+    if drop_worst_ratio > 0 and update_num > drop_worst_after:
+        loss, idx = torch.topk(loss, k=int(loss.numel() * (1 - drop_worst_ratio)), largest=False)
+        nll, keep_idx = nll[idx], keep_idx[idx]
+    if drop_best_ratio > 0 and update_num > drop_best_after:
+        loss, idx = torch.topk(loss, k=int(loss.numel() * (1 - drop_best_ratio)), largest=True)
+        nll, keep_idx = nll[idx], keep_idx[idx]
+    total = loss.sum()
+    if encouraging_log_end is not None:
+        total = total + encouraging_bonus(lprobs[keep_idx], tgt[keep_idx], epsilon, encouraging_log_end)
+    return LossOutput(loss=total, nll_loss=nll.sum(), ntokens=loss.numel())
+
+
+def encouraging_bonus(lprobs: Tensor, target: Tensor, epsilon: float, log_end: float) -> Tensor:
+    """OFA's encouraging term (spec §4.4), summed: `(1-eps) * sum_t b[t, y_t] + eps/V * sum_{t,v} b[t, v]`
+    with `b = log(max(1 - p, 1e-5))`, replaced beyond `p > log_end` by its tangent-like line through
+    `(log_end, log(1 - log_end))` with slope `1 / (log_end - 1)`. lprobs (N,V), target (N,)."""
+    probs = lprobs.exp()
+    bonus = torch.log(torch.clamp(1.0 - probs, min=1e-5))  # (N, V), <= 0
+    if log_end != 1.0:
+        line = (probs - log_end) / (log_end - 1.0) + math.log(1.0 - log_end)
+        bonus = torch.where(probs > log_end, line, bonus)
+    on_target = bonus.gather(-1, target[:, None]).sum()
+    return (1.0 - epsilon) * on_target + epsilon / lprobs.size(-1) * bonus.sum()
 
 
 def _mask_outside_range(logits: Tensor, start: int, end: int) -> Tensor:
@@ -81,11 +116,9 @@ def _smoothed_nll(
     epsilon: float,
     masks: Tensor | None,
     constraint_range: tuple[int, int] | None,
-    drop_worst_ratio: float,
-    drop_worst_after: int,
-    update_num: int,
-) -> LossOutput:
-    """fairseq's `label_smoothed_nll_loss` on already-flattened (N,V) log-probs."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """fairseq's `label_smoothed_nll_loss` on already-flattened (N,V) log-probs: per-token smoothed loss,
+    NLL and their indices (N,) each (the caller drops tokens from these)."""
     nll = -lprobs.gather(-1, target[:, None]).squeeze(-1)  # (N,)
     if masks is not None:
         smooth = -lprobs.masked_fill(~masks, 0.0).sum(-1)
@@ -99,7 +132,4 @@ def _smoothed_nll(
         smooth = -lprobs.sum(-1)
         eps_i = epsilon / (lprobs.size(-1) - 1)
     loss = (1.0 - epsilon - eps_i) * nll + eps_i * smooth  # (N,)
-    if drop_worst_ratio > 0 and update_num > drop_worst_after:
-        loss, idx = torch.topk(loss, k=int(loss.numel() * (1 - drop_worst_ratio)), largest=False)
-        nll = nll[idx]
-    return LossOutput(loss=loss.sum(), nll_loss=nll.sum(), ntokens=loss.numel())
+    return loss, nll, torch.arange(loss.numel(), device=loss.device)

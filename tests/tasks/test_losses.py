@@ -130,3 +130,32 @@ def test_ignore_prefix(batch) -> None:
     logits, target = batch
     out = label_smoothed_cross_entropy(logits, target, 0.1, PAD, ignore_prefix_size=2)
     check(out, reference_loss(logits[:, 2:], target[:, 2:], 0.1))
+
+
+def test_encouraging_loss_on_a_hand_computed_case() -> None:
+    """Two tokens, V=2, no smoothing: p(target) = 0.5 and 0.9. LS-CE = -log .5 - log .9; the bonus is
+    log(1 - .5) below log_end=0.75 and the line (.9 - .75)/(.75 - 1) + log(.25) above it."""
+    probs = torch.tensor([[0.5, 0.5], [0.1, 0.9]])
+    logits, target = probs.log()[None], torch.tensor([[0, 1]])
+    out = label_smoothed_cross_entropy(logits, target, epsilon=0.0, pad=-1, encouraging_log_end=0.75)
+    ce = -math.log(0.5) - math.log(0.9)
+    bonus = math.log(0.5) + ((0.9 - 0.75) / (0.75 - 1) + math.log(0.25))
+    assert out.loss.item() == pytest.approx(ce + bonus, abs=1e-5)
+    assert out.nll_loss.item() == pytest.approx(ce, abs=1e-5) and out.ntokens == 2
+
+
+def test_encouraging_loss_smooths_the_bonus_over_the_vocabulary() -> None:
+    """eps = 0.2, V = 2, log_end = 1 (pure log(1-p)): bonus = 0.8 * b[y] + 0.2 / 2 * (b[0] + b[1])."""
+    probs = torch.tensor([[0.3, 0.7]])
+    out = label_smoothed_cross_entropy(probs.log()[None], torch.tensor([[1]]), epsilon=0.2, pad=-1,
+                                       encouraging_log_end=1.0)
+    plain = label_smoothed_cross_entropy(probs.log()[None], torch.tensor([[1]]), epsilon=0.2, pad=-1)
+    b0, b1 = math.log(0.7), math.log(0.3)
+    assert (out.loss - plain.loss).item() == pytest.approx(0.8 * b1 + 0.1 * (b0 + b1), abs=1e-5)
+
+
+def test_drop_best_keeps_the_worst_tokens() -> None:
+    probs = torch.tensor([[0.5, 0.5], [0.1, 0.9], [0.8, 0.2]])
+    out = label_smoothed_cross_entropy(probs.log()[None], torch.tensor([[0, 1, 1]]), epsilon=0.0, pad=-1,
+                                       drop_best_ratio=0.3, update_num=1)
+    assert out.ntokens == 2 and out.loss.item() == pytest.approx(-math.log(0.5) - math.log(0.2), abs=1e-5)
