@@ -1,8 +1,10 @@
 """`OFALitModule`: the one place where the OFA model, the task(s) and the optimiser meet.
 
 - Training: one teacher-forced forward per batch; the label-smoothed CE of `ofa.tasks.losses` is summed
-  per task (a mixture batch holds several) and divided by the number of target tokens of all ranks
-  (fairseq's `sample_size` normalisation). Logs `train/loss`, `train/<task>/loss`, `train/lr`.
+  over tokens and tasks (a mixture batch holds several) and backpropagated as a sum; before the update the
+  gradients are divided once by the target tokens of every micro-batch of the accumulation group on all
+  ranks (fairseq's `sample_size` normalisation), so `accumulate_grad_batches` at equal effective batch
+  leaves the update unchanged. Logs `train/loss`, `train/<task>/loss`, `train/lr`.
 - Evaluation: each val/test dataloader holds one task; `task.evaluate(model, batch, metrics)` decodes
   and updates the task's torchmetrics, computed (synced across ranks) at the epoch end and logged as
   `<split>/<task>/<metric>`, next to `<split>/<task>/loss`.
@@ -88,6 +90,7 @@ class OFALitModule(pl.LightningModule):
         self.metrics = nn.ModuleDict({name: nn.ModuleDict(t.build_metrics()) for name, t in tasks.items()})
         self._samples: dict[str, list] = defaultdict(list)  # task -> [(row, image)] for the W&B table
         self.nonfinite_skipped, self._nonfinite_in_row, self._skipped_step = 0, 0, False
+        self._group_tokens = 0  # target tokens of the current accumulation group (this rank)
 
     # ---------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -125,33 +128,53 @@ class OFALitModule(pl.LightningModule):
                 drop_best_ratio=self.cfg.loss.drop_best_ratio, drop_best_after=self.cfg.loss.drop_best_after)
         return out
 
-    def training_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-        """Loss to optimise (summed over tasks, / target tokens of all ranks) and the per-task outputs."""
+    def training_loss(self, batch: dict[str, Any]) -> tuple[Tensor, int, dict[str, Any]]:
+        """Loss to backpropagate (token losses summed over tasks, not normalised: `normalise_grads` divides the
+        gradients once per optimizer step), the batch's target tokens and the per-task outputs."""
+        if "mini_batches" in batch:
+            return pretraining_loss(self, batch["mini_batches"])
         losses = self.task_losses(batch, self(batch))
-        loss_sum = sum(o.loss for o in losses.values())
-        ntokens = torch.tensor(float(sum(o.ntokens for o in losses.values())), device=self.device)
-        global_tokens = self.trainer.strategy.reduce(ntokens, reduce_op="sum")
-        return loss_sum * self.trainer.world_size / global_tokens.clamp(min=1.0), losses  # DDP averages grads
+        return sum(o.loss for o in losses.values()), sum(o.ntokens for o in losses.values()), losses
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss, losses = self.training_loss(batch)
+        loss, ntokens, losses = self.training_loss(batch)
+        self._group_tokens += ntokens
         bsz = len(batch["id"])
         for name, o in losses.items():
             self.log(f"train/{name}/loss", o.loss.detach() / max(o.ntokens, 1), batch_size=bsz)
-        total = sum(o.loss.detach() for o in losses.values()) / max(sum(o.ntokens for o in losses.values()), 1)
-        self.log("train/loss", total, prog_bar=True, batch_size=bsz)
+        self.log("train/loss", loss.detach() / max(ntokens, 1), prog_bar=True, batch_size=bsz)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=bsz)
         if self.global_step in self.cfg.debug_nan_steps:
             loss = loss * float("nan")
         return loss
 
+    def on_train_start(self) -> None:
+        self._group_tokens = 0  # target tokens of the accumulation group so far (this rank)
+
+    def normalise_grads(self) -> None:
+        """Divide the accumulated gradients by the target tokens of the whole group on all ranks (fairseq's
+        `multiply_grads(1 / sample_size)`). Lightning divided each micro-batch's loss by
+        `accumulate_grad_batches` and DDP/FSDP average over ranks: both are undone here."""
+        tokens = torch.tensor(float(self._group_tokens), device=self.device)
+        self._group_tokens = 0
+        total = float(self.trainer.strategy.reduce(tokens, reduce_op="sum"))
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / max(total, 1.0)
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        """Forward + backward, then the update only if the loss and every gradient are finite on all ranks;
-        otherwise the step is skipped (weights and optimizer state untouched) and counted. A GradScaler
-        (fp16) skips inf steps itself."""
+        """Forward + backward (of the group's last micro-batch), gradient normalisation, then the update only if
+        the loss and every gradient are finite on all ranks; otherwise the step is skipped (weights and
+        optimizer state untouched) and counted. A GradScaler (fp16) skips inf steps itself."""
+        def closure() -> Any:
+            out = optimizer_closure()
+            self.normalise_grads()
+            return out
+
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        loss = optimizer_closure()
+            return super().optimizer_step(epoch, batch_idx, optimizer, closure)
+        loss = closure()
         self._skipped_step = nonfinite_step(loss, self.parameters(), self.trainer.strategy)
         if not self._skipped_step:
             self._nonfinite_in_row = 0

@@ -62,15 +62,73 @@ def test_fit_logs_losses_lr_and_task_metrics(tokenizer, synthetic_shards, tmp_pa
     assert trainer.global_step == 3
 
 
-def test_loss_is_normalised_by_tokens(tokenizer, synthetic_shards, tmp_path: Path) -> None:
+def test_training_loss_is_the_token_sum(tokenizer, synthetic_shards, tmp_path: Path) -> None:
     module = make_module(tokenizer)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, max_steps=1, enable_progress_bar=False)
-    module.trainer = trainer  # strategy.reduce and global_step without running a loop
     module.configure_model()
     batch = next(iter(make_dm(module.tasks, synthetic_shards).train_dataloader()))
-    loss, _ = module.training_loss(batch)
+    loss, ntokens, _ = module.training_loss(batch)
     out = label_smoothed_cross_entropy(module(batch), batch["target"], 0.1, tokenizer.pad)
-    assert loss.item() == pytest.approx(out.loss.item() / batch["ntokens"], rel=1e-5)
+    assert ntokens == batch["ntokens"] and loss.item() == pytest.approx(out.loss.item(), rel=1e-5)
+
+
+def text_infill_task(tokenizer):
+    from ofa.tasks.text_infill import TextInfillConfig, TextInfillTask
+
+    gen = GenerationConfig(beam_size=2, max_len_b=4, return_all=False)
+    return TextInfillTask(tokenizer, TextInfillConfig(generation=gen, max_text_tokens=24))
+
+
+def accumulation_samples(task) -> list:
+    """16 text-infilling samples (no image: the ResNet's BatchNorm would see other batch statistics in
+    micro-batches), targets of 2 to 9 words, short first: micro-batches of unequal token counts."""
+    words = "a red circle left of the big blue square near".split()
+    raws = [{"id": f"s{i}", "text": " ".join(words[:2 + i // 2])} for i in range(16)]
+    return [task.preprocess(r, "val") for r in raws]  # val: a fixed masking per id
+
+
+class GradCapture(pl.Callback):
+    """The gradients the optimizer sees (after normalisation, before clipping)."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.grads = {n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+
+
+def one_update(tokenizer, task, batches: list[dict], accumulate: int, tmp_path: Path) -> tuple[dict, dict]:
+    """(gradients, parameters) after one optimizer step over `batches` from the same initial weights."""
+    torch.manual_seed(0)
+    module = make_module(tokenizer, {task.name: task})
+    capture = GradCapture()
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=1, accumulate_grad_batches=accumulate,
+                         gradient_clip_val=1.0, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False, default_root_dir=str(tmp_path), callbacks=[capture])
+    trainer.fit(module, train_dataloaders=loader)
+    return capture.grads, {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def test_accumulation_at_equal_effective_batch_gives_the_same_update(tokenizer, tmp_path: Path) -> None:
+    """16 x 1 and 8 x 2 over the same samples: the gradients are the sum of every token loss / all tokens
+    (fairseq), not a mean of per-micro-batch means, so the update is the same."""
+    task = text_infill_task(tokenizer)
+    samples = accumulation_samples(task)
+    halves = [collate(samples[:8], tokenizer.pad), collate(samples[8:], tokenizer.pad)]
+    assert halves[0]["ntokens"] != halves[1]["ntokens"]  # where a mean of means would differ
+    grads_16, params_16 = one_update(tokenizer, task, [collate(samples, tokenizer.pad)], 1, tmp_path)
+    grads_8x2, params_8x2 = one_update(tokenizer, task, halves, 2, tmp_path)
+
+    torch.manual_seed(0)
+    reference = make_module(tokenizer, {task.name: task})
+    reference.configure_model()
+    batch = collate(samples, tokenizer.pad)
+    (label_smoothed_cross_entropy(reference(batch), batch["target"], task.cfg.label_smoothing, tokenizer.pad).loss
+     / batch["ntokens"]).backward()
+    for name, p in reference.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads_16[name], p.grad, rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(grads_8x2[name], p.grad, rtol=1e-4, atol=1e-7)
+    assert grads_16.keys() == grads_8x2.keys() and len(grads_16) > 10
+    for name in params_16:
+        torch.testing.assert_close(params_8x2[name], params_16[name], rtol=1e-5, atol=1e-6)
 
 
 def test_mixture_batch_has_a_loss_per_task(tokenizer, synthetic_data_dir: Path) -> None:
