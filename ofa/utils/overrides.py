@@ -70,9 +70,11 @@ def guess_pattern(values: Sequence[str]) -> str | None:
 def refuse_repeated_keys(args: Sequence[str]) -> None:
     """Raise `RunConfigError` when a key is given several times in a row (a shell-expanded brace pattern).
 
-    Only consecutive repeats: `base args ... key=other` (a later override winning) stays Hydra's rule."""
+    Only consecutive repeats of different values: `base args ... key=other` (a later override winning) stays
+    Hydra's rule, and so does one value repeated (Lightning's rank launcher appends `hydra.run.dir="<dir>"` to
+    a command that may end with `hydra.run.dir=<dir>`)."""
     for key, values in _runs(args):
-        if len(values) > 1:
+        if len({v.strip("'\"") for v in values}) > 1:
             pattern = guess_pattern(values) or values[0] + " ... " + values[-1]
             raise RunConfigError(f"{key} given {len(values)} times: quote the brace pattern (unquoted, the shell "
                                  f"expands it into one override per shard): '{key}={pattern}'")

@@ -58,3 +58,9 @@ def test_the_converters_summary_line_prints_an_override_that_pastes(tmp_path) ->
     pasted = shlex.split(_summary_line(summary, tmp_path).split("pass to train.py: ")[1])  # as the shell reads it
     (arg,) = prepare_overrides(pasted)
     assert OverridesParser.create().parse_override(arg).value() == f"{tmp_path}/train-{{000000..000009}}.tar"
+
+
+def test_one_value_repeated_is_not_a_shell_expansion() -> None:
+    """Lightning's rank launcher re-runs the command with `hydra.run.dir="<dir>"` appended (DDP, FSDP2)."""
+    args = ["task=vqa", "hydra.run.dir=/tmp/run", 'hydra.run.dir="/tmp/run"']
+    assert prepare_overrides(args) == args
