@@ -227,6 +227,11 @@ def lightning_checkpoint(state: dict, path: str | Path, ema: bool = False) -> Ch
             raise CheckpointError(f"{path}: --ema asked but the run kept no EMA (module.ema.decay was 0)")
         sd.update(state["ema"])
     meta = {"format": "lightning", "ema": ema, "tokenizer": record.get("tokenizer")}
+    base = (state.get("tuning") or {}).get("base")
+    if base:  # a parameter-efficient run kept only its tuned weights: merge them onto its base (ofa.tuning)
+        if not Path(base).exists():
+            raise CheckpointError(f"{path}: holds only tuned weights; its base checkpoint {base} is missing")
+        sd, meta["tuning"] = {**read_checkpoint(base).state_dict, **sd}, state["tuning"]
     return Checkpoint(sd, OFAConfig.from_dict(record["model_config"]), str(path), meta)
 
 

@@ -30,6 +30,8 @@ from ofa.modules.config import OFAConfig
 from ofa.modules.model import OFAModel
 from ofa.tasks.base import Task
 from ofa.tasks.losses import LossConfig, label_smoothed_cross_entropy
+from ofa.tuning import (TuningConfig, base_of, freeze_for_tuning, is_tuning_addition, parameter_report, tuned_config,
+                        tuned_state, tuning_record)
 from ofa.utils.ema import EMA
 from ofa.utils.logging import get_logger
 from ofa.utils.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler
@@ -69,6 +71,7 @@ class ModuleConfig:
     freeze_embeddings: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)  # full | prompt | adapter | bitfit (ofa.tuning)
     log_samples: int = 8  # rows of the W&B prediction table per task and evaluation
     max_nonfinite_steps: int = 10  # stop after this many non-finite steps in a row (each is skipped); 0 = never
     debug_nan_steps: list[int] = field(default_factory=list)  # debug: make the loss NaN at these global steps
@@ -81,8 +84,11 @@ class OFALitModule(pl.LightningModule):
                  schedule: ScheduleConfig, module: ModuleConfig | None = None,
                  init_from: str | None = None, tokenizer_record: dict | None = None) -> None:
         super().__init__()
-        self.model_cfg, self.tasks, self.optim_cfg, self.schedule_cfg = model_cfg, tasks, optim, schedule
+        self.tasks, self.optim_cfg, self.schedule_cfg = tasks, optim, schedule
         self.cfg = module or ModuleConfig()
+        self.model_cfg = tuned_config(model_cfg, self.cfg.tuning)  # + prompt encoders / adapters
+        self.tuning_base = init_from  # a tuned checkpoint keeps only the tuned weights and names this base
+        self.strict_loading = self.cfg.tuning.mode == "full"
         self.init_from = init_from
         self.tokenizer_record = tokenizer_record  # ofa.checkpoint_io.tokenizer_record: saved in every .ckpt
         self.model: OFAModel | None = None
@@ -101,6 +107,8 @@ class OFALitModule(pl.LightningModule):
             load_pretrained(self.model, self.init_from, self.tokenizer_record)
         if self.cfg.freeze_embeddings:
             self.model.encoder.embed_tokens.weight.requires_grad_(False)
+        freeze_for_tuning(self.model, self.cfg.tuning.mode)
+        log.info(parameter_report(self.model, self.cfg.tuning.mode))
         if self.cfg.ema.decay > 0:
             self.ema = EMA(self.model, self.cfg.ema.decay, self.cfg.ema.start_step)
 
@@ -294,11 +302,18 @@ class OFALitModule(pl.LightningModule):
         from ofa.checkpoint_io import model_record
 
         checkpoint["ofa"] = model_record(self.model_cfg, self.tokenizer_record)
+        if self.cfg.tuning.mode != "full" and self.tuning_base:  # only the tuned weights + the base's name
+            checkpoint["state_dict"] = tuned_state(checkpoint["state_dict"], self.model)
+            checkpoint["tuning"] = tuning_record(self.cfg.tuning.mode, self.tuning_base)
         checkpoint["nonfinite"] = {"skipped": self.nonfinite_skipped, "in_row": self._nonfinite_in_row}
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        base = base_of(checkpoint)
+        if base:  # a tuned checkpoint: the base weights first, Lightning then loads the tuned ones on top
+            self.tuning_base = base
+            load_pretrained(self.model, base, self.tokenizer_record)
         nonfinite = checkpoint.get("nonfinite", {})
         self.nonfinite_skipped, self._nonfinite_in_row = nonfinite.get("skipped", 0), nonfinite.get("in_row", 0)
         if self.ema is not None and "ema" in checkpoint:
@@ -310,12 +325,15 @@ def load_pretrained(model: OFAModel, path: str, tokenizer_record: dict | None = 
     dir or a platform dir. A checkpoint of another size is refused on one line; a different vocabulary
     size resizes the (tied) embedding as fairseq OFA does; a checkpoint that carries another vocabulary
     than the run's (by content hash) is loaded with a warning naming both."""
-    from ofa.checkpoint import check_same_size, load_state_dict, read_checkpoint
+    from ofa.checkpoint import CheckpointError, check_same_size, load_state_dict, read_checkpoint
 
     ckpt = read_checkpoint(path)
     check_same_size(ckpt, model.cfg)
     warn_other_tokenizer(ckpt.meta.get("tokenizer"), tokenizer_record, path)
-    load_state_dict(model, ckpt.state_dict, resize_embeddings=True)
+    report = load_state_dict(model, ckpt.state_dict, strict=False, resize_embeddings=True)
+    missing = [k for k in report.missing if not is_tuning_addition(k)]  # new prompts/adapters start fresh
+    if missing or report.unexpected:
+        raise CheckpointError(f"{path}: missing keys {missing[:10]}; unexpected keys {report.unexpected[:10]}")
 
 
 def warn_other_tokenizer(held: dict | None, run: dict | None, path: str) -> None:

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ofa.modules.prompt import with_prefix
+
 
 def split_heads(x: Tensor, heads: int) -> Tensor:
     """(B, T, D) -> (B, H, T, D/H)."""
@@ -86,15 +88,19 @@ class MultiheadAttention(nn.Module):
             cache["k"], cache["v"] = k, v
         return k, v
 
-    def forward(self, x: Tensor, bias: Tensor, kv: Tensor | None = None, cache: dict | None = None) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor, kv: Tensor | None = None, cache: dict | None = None,
+                prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """x (R,T,D); kv (B,S,D) for cross-attention else None; bias broadcastable to (B,H,G*T,S).
 
         R = B * G: with fewer key/value rows than query rows (beam search: one encoder row per
         sample), each key/value row serves G consecutive query rows and the bias is given in the
-        folded layout of `fold_rows`.
+        folded layout of `fold_rows`. `prefix`: deep-prompt keys/values (1|B, H, P, hd) put in front of
+        this layer's own (self-attention only; not cached; spec §8).
         """
         q = self._heads(self.q_proj(x))  # (R, H, T, hd)
         k, v = self._keys_values(x, kv, cache)  # (B, H, S, hd)
+        if prefix is not None:
+            k, v, bias = with_prefix(k, v, bias, prefix)  # (B, H, P+S, hd), (..., P+S)
         rows, _, t, _ = q.shape
         group = rows // k.size(0)
         out = attend(fold_rows(q, group), k, v, bias, self.scaling, self.dropout if self.training else 0.0)

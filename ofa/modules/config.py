@@ -64,6 +64,16 @@ class OFAConfig:
     bos_token_id: int = 0
     eos_token_id: int = 2
     init_std: float = 0.02
+    # parameter-efficient tuning (spec §8; set from `module.tuning` by `ofa.tuning.tuned_config`)
+    encoder_prompt_length: int = 0  # deep-prompt prefix length in every encoder self-attention (0 = none)
+    decoder_prompt_length: int = 0  # ... in every decoder self-attention
+    prompt_projection: bool = False  # reparameterise the prompts through an MLP (OFA's --*-prompt-projection)
+    prompt_dim: int = 0  # hidden width of that MLP; 0 = 2 * d_model (OFA's default)
+    prompt_dropout: float = 0.2
+    adapter_dim: int = 0  # bottleneck adapter after every layer's FFN (0 = none; OFA's scripts: 100)
+    # fine-tuning at a larger image than pretraining (OFA's --interpolate-position, --orig-patch-image-size)
+    interpolate_position: bool = False  # bilinear image positions from the orig_patch_image_size grid
+    orig_patch_image_size: int = 256
 
     def __post_init__(self) -> None:
         if self.d_model % self.encoder_attention_heads or self.d_model % self.decoder_attention_heads:

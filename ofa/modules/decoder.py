@@ -12,6 +12,7 @@ from ofa.modules.encoder import EncoderOut
 from ofa.modules.layers import DecoderLayer
 from ofa.modules.position import decoder_image_position_idx, image_buckets, rel_pos_tables, token_bucket_table
 from ofa.modules.position import token_buckets
+from ofa.modules.prompt import PromptEncoder
 
 
 class DecoderCache:
@@ -80,12 +81,15 @@ class OFADecoder(nn.Module):
         rates = torch.linspace(0, cfg.decoder_drop_path_rate, cfg.decoder_layers, device="cpu").tolist()
         self.layers = nn.ModuleList(
             DecoderLayer(d, h, cfg.decoder_ffn_dim, cfg.dropout, cfg.attention_dropout, cfg.activation_dropout,
-                         rate, cfg.attn_scale_factor, cfg.normformer) for rate in rates)
+                         rate, cfg.attn_scale_factor, cfg.normformer, cfg.adapter_dim) for rate in rates)
         self.layer_norm = nn.LayerNorm(d)
         self.output_projection = nn.Linear(d, cfg.vocab_size, bias=False, device="meta")
         self.output_projection.weight = embed_tokens.weight  # tied (no storage of its own)
         self.token_rel_pos_table_list = rel_pos_tables(cfg.decoder_layers, 2 * cfg.token_bucket_size - 1, h)
         self.image_rel_pos_table_list = rel_pos_tables(cfg.decoder_layers, (2 * ib - 1) ** 2 + 3, h)
+        self.decoder_prompt_encoder = PromptEncoder(
+            cfg.decoder_prompt_length, cfg.decoder_layers, d, h, cfg.prompt_projection, cfg.prompt_dim,
+            cfg.prompt_dropout) if cfg.decoder_prompt_length else None
         self.register_buffer("token_rp_bucket", torch.empty(0, dtype=torch.long), persistent=False)
         self.register_buffer("image_position_idx", torch.empty(0, dtype=torch.long), persistent=False)
         self.reset_buffers()
@@ -201,9 +205,11 @@ class OFADecoder(nn.Module):
         buckets = self._rel_buckets(start, t, code, tokens.device)
         x = self._embed(tokens[:, start:], raw_pos, code)  # (B, n, D)
         states = [x] if return_hidden_states else None
+        prompts = self.decoder_prompt_encoder(rows) if self.decoder_prompt_encoder is not None else None
         for idx, layer in enumerate(self.layers):
             self_bias = self_abs + self._rel_bias(idx, buckets, code)
-            x = layer(x, enc.hidden, self_bias, cross, None if cache is None else cache.layers[idx])
+            x = layer(x, enc.hidden, self_bias, cross, None if cache is None else cache.layers[idx],
+                      None if prompts is None else prompts[idx])
             if states is not None:
                 states.append(x)
         return self.layer_norm(x), states

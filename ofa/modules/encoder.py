@@ -14,6 +14,7 @@ from ofa.modules.config import OFAConfig
 from ofa.modules.layers import EncoderLayer
 from ofa.modules.position import encoder_image_position_ids, image_buckets, rel_pos_tables, token_bucket_table
 from ofa.modules.position import token_buckets
+from ofa.modules.prompt import PromptEncoder
 from ofa.modules.resnet import ResNet
 
 
@@ -64,10 +65,13 @@ class OFAEncoder(nn.Module):
         rates = torch.linspace(0, cfg.encoder_drop_path_rate, cfg.encoder_layers, device="cpu").tolist()
         self.layers = nn.ModuleList(
             EncoderLayer(d, h, cfg.encoder_ffn_dim, cfg.dropout, cfg.attention_dropout, cfg.activation_dropout,
-                         rate, cfg.attn_scale_factor, cfg.normformer) for rate in rates)
+                         rate, cfg.attn_scale_factor, cfg.normformer, cfg.adapter_dim) for rate in rates)
         self.layer_norm = nn.LayerNorm(d)
         self.token_rel_pos_table_list = rel_pos_tables(cfg.encoder_layers, 2 * cfg.token_bucket_size - 1, h)
         self.image_rel_pos_table_list = rel_pos_tables(cfg.encoder_layers, (2 * ib - 1) ** 2 + 3, h)
+        self.encoder_prompt_encoder = PromptEncoder(
+            cfg.encoder_prompt_length, cfg.encoder_layers, d, h, cfg.prompt_projection, cfg.prompt_dim,
+            cfg.prompt_dropout) if cfg.encoder_prompt_length else None
         self.register_buffer("token_rp_bucket", torch.empty(0, dtype=torch.long), persistent=False)
         self._bucket_cache: dict[tuple, Tensor] = {}
         self.reset_buffers()
@@ -112,6 +116,8 @@ class OFAEncoder(nn.Module):
             feat = feat.gather(1, order[..., None].expand(-1, -1, feat.size(2)))
             pad, ids, grid = pad.gather(1, order), ids.expand(b, -1).gather(1, order), None
         pos = self.embed_image_positions(ids)  # (1|B, P, D)
+        if self.cfg.interpolate_position and sample_patch_num is None:
+            pos = self._interpolated_positions(gh, gw, pos)
         x = self.image_proj(feat)  # (B, P, D)
         if self.cfg.entangle_position_embedding:
             x = x + pos
@@ -119,6 +125,18 @@ class OFAEncoder(nn.Module):
         if self.patch_layernorm_embedding is not None:
             x = self.patch_layernorm_embedding(x)
         return F.dropout(x, self.cfg.dropout, self.training), pad, ids, pos, grid
+
+    def _interpolated_positions(self, gh: int, gw: int, pos: Tensor) -> Tensor:
+        """OFA's `--interpolate-position`: for a patch grid larger than the pretraining grid (side
+        `orig_patch_image_size // 16`), the image position embeddings are the bilinear resize of that
+        grid's embeddings (ids `row * bucket + col + 1`) to (gh, gw); otherwise `pos` unchanged. (1, P, D)"""
+        side = self.cfg.orig_patch_image_size // self.cfg.patch_stride
+        if gh * gw <= side * side:
+            return pos
+        ids = encoder_image_position_ids(side, side, self.cfg.image_bucket_size, pos.device)  # (side*side,)
+        old = self.embed_image_positions(ids).view(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, s, s)
+        new = F.interpolate(old, size=(gh, gw), mode="bilinear")  # (1, D, gh, gw)
+        return new.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
 
     def _rel_buckets(self, ids: Tensor | None, seq: int, device: torch.device, grid: tuple | None) -> Tensor:
         """Relative bucket ids (1|B, S, S) into each layer's `[image table; token table; zero row]`.
@@ -173,8 +191,9 @@ class OFAEncoder(nn.Module):
         buckets = self._rel_buckets(ids, seq, x.device, grid)  # (1|B, S, S)
         key_mask = key_padding_bias(pad, x.dtype)  # (B, 1, 1, S) or None
         states = [x] if return_hidden_states else None
+        prompts = self.encoder_prompt_encoder(b) if self.encoder_prompt_encoder is not None else None
         for idx, layer in enumerate(self.layers):
-            x = layer(x, self._layer_bias(abs_bias, key_mask, buckets, idx))
+            x = layer(x, self._layer_bias(abs_bias, key_mask, buckets, idx), None if prompts is None else prompts[idx])
             if states is not None:
                 states.append(x)
         return EncoderOut(self.layer_norm(x), pad, pos.expand(b, -1, -1), states)
