@@ -7,6 +7,7 @@
 - `tokenizer`: the dataset's `OFATokenizer` (trained layout, 8192 codes, 1000 bins).
 - `tiny_vqgan_dir`: a random 8x-downsampling Gumbel VQGAN (32 codes) saved as model.yaml + last.ckpt.
 - `stub_task`: factory of a minimal task (`name`, `preprocess`) for data tests that need no real task.
+- `trained_nano`: an ofa_nano trained briefly on that dataset (tests/trained_nano.py), for the user-surface tests.
 """
 from __future__ import annotations
 
@@ -65,3 +66,12 @@ def tiny_vqgan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = VQGANConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, attn_resolutions=(), z_channels=8, embed_dim=8,
                       n_embed=32, resolution=64)
     return save_vqgan(GumbelVQGAN(cfg), cfg, tmp_path_factory.mktemp("vqgan") / "vq")
+
+
+@pytest.fixture(scope="session")
+def trained_nano(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """An ofa_nano trained ~100 steps on the synthetic world (tests/trained_nano.py): `.ckpt`, `folder`,
+    `settings`; shared by the API, ofa-predict and demo tests (about 20 s, once per session)."""
+    from trained_nano import train_nano
+
+    return train_nano(synthetic_data_dir, tmp_path_factory.mktemp("trained_nano"))
