@@ -208,6 +208,13 @@ class OFALitModule(pl.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "test")
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        """`Trainer.predict`: the task's own decoding of the batch (`task.evaluate`, with throwaway metrics so
+        the logged ones stay untouched), one row per sample (`id`, `prediction`, ...)."""
+        task = self.tasks[batch["task"][0]]  # one task per predict dataloader
+        metrics = {k: m.to(self.device) for k, m in task.build_metrics().items()}
+        return task.evaluate(self.model, batch, metrics)
+
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
         name = batch["task"][0]  # one task per eval dataloader
         out = self.task_losses(batch, self(batch))[name]
@@ -283,6 +290,13 @@ class OFALitModule(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.on_validation_epoch_start()
+
+    def on_predict_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    def on_predict_epoch_end(self) -> None:
+        if self._use_ema():
+            self.ema.restore(self.model)
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")

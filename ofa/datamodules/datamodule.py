@@ -163,6 +163,10 @@ class OFADataModule(pl.LightningDataModule):
     def test_dataloader(self) -> list[ShardLoader]:
         return self._eval_loaders("test")
 
+    def predict_dataloader(self) -> list[ShardLoader]:
+        """`Trainer.predict(module, datamodule=dm)`: the test split's loaders (one per task), else val's."""
+        return self._eval_loaders("test") or self._eval_loaders("val")
+
     def _eval_loaders(self, split: str) -> list[ShardLoader]:
         loaders = []
         for i, source in enumerate(self.sources):
