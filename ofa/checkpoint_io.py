@@ -3,7 +3,8 @@
 - `AtomicCheckpointIO` (the trainer's checkpoint IO, always on): writes `<dir>/.<name>.*.tmp`, flushes +
   fsyncs, then `os.replace`s it over the target, so a kill never leaves a half-written `last.ckpt`; loads
   with `ofa.safe_load.safe_torch_load` only: a checkpoint carrying any other pickle global is refused, unrun.
-- `resolve_ckpt_path`: `last` = the newest `*/checkpoints/last.ckpt` of this run name.
+- `resolve_ckpt_path`: `last` = the newest `*/checkpoints/last.ckpt` of this run name (a file, or the sharded
+  folder of `trainer=fsdp2`, `ofa.sharding`).
 - `model_record`: what `OFALitModule` stores in every `.ckpt` under `checkpoint["ofa"]` so that the file
   alone rebuilds the model (`init_from=`, `python -m ofa.checkpoint convert`, `stage=test`): the
   `OFAConfig` as a plain dict and the tokenizer (`tokenizer_record`). Plain containers only, so the
@@ -70,13 +71,19 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
         return ckpt_path
     if ckpt_path == "last":
         root = Path(output_dir).parent
-        found = [p for p in root.glob("*/checkpoints/last.ckpt") if p.is_file()]
+        found = [p for p in root.glob("*/checkpoints/last.ckpt") if is_checkpoint(p)]
         if not found:
             raise RunConfigError(f"ckpt_path=last: no checkpoint matches {root}/*/checkpoints/last.ckpt")
         return str(max(found, key=lambda p: p.stat().st_mtime))
-    if "://" not in ckpt_path and not Path(ckpt_path).is_file():
-        raise RunConfigError(f"ckpt_path={ckpt_path}: no such file")
+    if "://" not in ckpt_path and not is_checkpoint(Path(ckpt_path)):
+        raise RunConfigError(f"ckpt_path={ckpt_path}: no such file (nor a sharded checkpoint folder)")
     return ckpt_path
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A checkpoint file, or a sharded checkpoint folder (torch.distributed.checkpoint shards + Lightning's
+    `meta.pt`)."""
+    return path.is_file() or (path / "meta.pt").is_file()
 
 
 def tokenizer_record(kind: str, path: str | os.PathLike, tokenizer: Any) -> dict:

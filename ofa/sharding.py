@@ -1,0 +1,143 @@
+"""FSDP2 sharding of the OFA model (`trainer=fsdp2`) through Lightning's `ModelParallelStrategy`.
+
+- `shard_model(model, mesh)`: `torch.distributed.fsdp.fully_shard` on every encoder and decoder layer, then on
+  the root (`OFAModel`: embeddings, ResNet, norms, position tables; the tied token embedding stays in the root
+  group, once). `encode` / `decode` (what beam search calls) are registered as FSDP forward methods, so
+  generation gathers the root's parameters like `forward` does.
+- `FSDP2Strategy`: Lightning's `ModelParallelStrategy` with a 1-D data-parallel mesh over all ranks by default
+  (Lightning's own default is a 2-D data x tensor mesh, for tensor parallelism OFA has no plan for) and the
+  sharding options; `OFALitModule.configure_model` calls its `shard_model` right after building the model.
+  Checkpoints are torch.distributed.checkpoint folders (`last.ckpt/`: one shard file per rank + `meta.pt`),
+  written to a hidden folder first and then swapped in by one rename of a symlink, so a kill mid-save leaves
+  the previous checkpoint whole (`ofa-consolidate` turns a folder into one ordinary `.ckpt`).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed.checkpoint as dcp
+from pytorch_lightning.strategies import ModelParallelStrategy
+from pytorch_lightning.trainer.states import TrainerFn
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+from ofa.modules.model import OFAModel
+from ofa.safe_load import safe_torch_load
+
+META_FILE = "meta.pt"  # Lightning's name for the non-tensor part of a sharded checkpoint folder
+FORWARD_METHODS = ("encode", "decode")  # OFAModel methods called directly by generation and scoring
+
+
+def layers_of(model: OFAModel) -> list[nn.Module]:
+    """The transformer layers, each its own FSDP unit (one all-gather per layer)."""
+    return [*model.encoder.layers, *model.decoder.layers]
+
+
+def shard_model(model: OFAModel, mesh: DeviceMesh | None = None, reshard_after_forward: bool = True,
+                mp_policy: MixedPrecisionPolicy | None = None) -> OFAModel:
+    """FSDP2 in place: each layer, then the root; returns the model (now an `FSDPModule`)."""
+    kwargs: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": reshard_after_forward,
+                              "mp_policy": mp_policy or MixedPrecisionPolicy()}
+    for layer in layers_of(model):
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    for name in FORWARD_METHODS:
+        register_fsdp_forward_method(model, name)
+    return model
+
+
+def dtype_of(name: str | None) -> torch.dtype | None:
+    """`"bfloat16"` -> `torch.bfloat16`; None stays None (FSDP2: the parameters' own dtype)."""
+    if name is None:
+        return None
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r} (e.g. bfloat16, float16, float32)")
+    return dtype
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """`ModelParallelStrategy` that shards the OFA model with FSDP2 over all ranks (see the module docstring)."""
+
+    def __init__(self, reshard_after_forward: bool = True, param_dtype: str | None = None,
+                 reduce_dtype: str | None = None, data_parallel_size: Literal["auto"] | int = "auto",
+                 tensor_parallel_size: Literal["auto"] | int = "auto", save_distributed_checkpoint: bool = True,
+                 process_group_backend: str | None = None, timeout: timedelta | None = timedelta(minutes=30)) -> None:
+        super().__init__(data_parallel_size, tensor_parallel_size, save_distributed_checkpoint,
+                         process_group_backend, timeout)
+        self.reshard_after_forward = reshard_after_forward
+        self.mp_policy = MixedPrecisionPolicy(param_dtype=dtype_of(param_dtype), reduce_dtype=dtype_of(reduce_dtype))
+
+    def setup_environment(self) -> None:
+        world = self.num_nodes * self.num_processes
+        if self._tensor_parallel_size == "auto":
+            self._tensor_parallel_size = 1
+        if self._data_parallel_size == "auto":
+            self._data_parallel_size = world // self._tensor_parallel_size
+        super().setup_environment()
+
+    def shard_model(self, model: OFAModel) -> OFAModel:
+        """Called by `OFALitModule.configure_model` on the freshly built (or `init_from`-loaded) model."""
+        if self._tensor_parallel_size != 1:
+            raise ValueError(f"trainer.strategy.tensor_parallel_size={self._tensor_parallel_size}: OFA has no "
+                             "tensor-parallel plan; FSDP2 shards over data_parallel_size only")
+        return shard_model(model, self.device_mesh["data_parallel"], self.reshard_after_forward, self.mp_policy)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | Path,
+                        storage_options: Any = None) -> None:
+        """Sharded: into `.<name>.<id>/` beside the target, then the target (a symlink) swapped to it by one
+        rename; the previous folder is removed after. Full (`save_distributed_checkpoint=False`): Lightning's."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        target = Path(self.broadcast(str(filepath)))
+        staged = target.parent / self.broadcast(f".{target.name}.{uuid.uuid4().hex[:8]}")
+        super().save_checkpoint(checkpoint, staged, storage_options)
+        self.barrier()
+        if self.global_rank == 0:
+            swap_in(staged, target)
+        self.barrier()
+
+    def load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None = None) -> dict[str, Any]:
+        """A sharded folder: weights, then (when fitting) the optimizer state, each rank reading its shards;
+        parameters that never had a gradient (e.g. the image-code embeddings of a caption run) have no Adam
+        state, which Lightning's strict loader refuses. The rest (`meta.pt`) read with the safe loader."""
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if not is_sharded_checkpoint(path):
+            return super().load_checkpoint(path, weights_only)
+        state = {"state_dict": get_model_state_dict(self.model)}
+        dcp.load(state, checkpoint_id=path)
+        self.model.load_state_dict(state["state_dict"], strict=self.lightning_module.strict_loading)
+        if self.lightning_module.trainer.state.fn == TrainerFn.FITTING:
+            partial = dcp.DefaultLoadPlanner(allow_partial_load=True)
+            for i, optimizer in enumerate(self.optimizers):
+                optim = {f"optimizer_{i}": get_optimizer_state_dict(self.model, optimizer)}
+                dcp.load(optim, checkpoint_id=path, planner=partial)
+                set_optimizer_state_dict(self.model, optimizer, optim[f"optimizer_{i}"],
+                                         options=StateDictOptions(strict=False))
+        return safe_torch_load(path / META_FILE)
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    """A torch.distributed.checkpoint folder written by Lightning (shards + `meta.pt`)."""
+    return path.is_dir() and (path / META_FILE).is_file()
+
+
+def swap_in(staged: Path, target: Path) -> None:
+    """Point `target` (a symlink, relative) at `staged` atomically; remove what it pointed at before."""
+    old = target.resolve() if target.is_symlink() else None
+    link = target.parent / f".{target.name}.link-{uuid.uuid4().hex[:8]}"
+    os.symlink(staged.name, link)
+    if target.exists() and not target.is_symlink():  # a plain file or folder from an earlier strategy
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    os.replace(link, target)
+    if old is not None and old != staged.resolve() and old.parent == target.parent.resolve():
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,197 @@
+"""FSDP2 (`trainer=fsdp2`, `ofa.sharding`) and `ofa-consolidate`.
+
+In-process (one rank, gloo): the sharded model computes what the unsharded one does, generation included, and
+a checkpoint folder swaps in atomically. As real `train.py` runs of 2 CPU processes (slow): the per-step losses
+equal a replicated 2-process DDP run's within float tolerance; a run SIGKILLed after its sharded checkpoint and
+resumed with `ckpt_path=last` logs the uninterrupted run's losses; the consolidated folder is one `.ckpt` laid out
+like the DDP run's (same keys, same optimizer layout) that the platform's readers and an optimizer load."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from ofa.consolidate import consolidate, main as consolidate_main
+from ofa.errors import RunConfigError
+from ofa.modules.config import OFAConfig
+from ofa.modules.generation import GenerationConfig, SequenceGenerator
+from ofa.modules.model import OFAModel
+from ofa.sharding import dtype_of, shard_model, swap_in
+from subprocess_runs import run_concurrently
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=64, decoder_ffn_dim=64, dropout=0.1)
+STEPS_PER_EPOCH, EPOCHS, EVERY, KILL_AFTER = 3, 2, 2, 3  # 6 steps; killed after step 3, resumed from step 2
+
+
+@pytest.fixture
+def one_rank_group(tmp_path: Path):
+    """A 1-process gloo group (what `fully_shard` needs), destroyed after the test."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def tiny_model() -> OFAModel:
+    torch.manual_seed(0)
+    return OFAModel(OFAConfig(**{k: v for k, v in TINY.items() if k != "dropout"}, vocab_size=64,
+                              image_bucket_size=4)).eval()
+
+
+def test_sharded_model_computes_what_the_unsharded_one_does(one_rank_group: None) -> None:
+    full = tiny_model()
+    sharded = shard_model(copy.deepcopy(full))
+    src, prev = torch.randint(4, 64, (2, 7)), torch.randint(4, 64, (2, 5))
+    images = torch.randn(2, 3, 32, 32)
+    masks = torch.ones(2, dtype=torch.bool)
+    torch.testing.assert_close(sharded(src, prev, images, masks), full(src, prev, images, masks))
+    gen = GenerationConfig(beam_size=2, max_len_b=4)
+    hyps = [[h.tokens.tolist() for h in sample] for m in (full, sharded)
+            for sample in SequenceGenerator(m, gen).generate(src, images, masks)]  # encode/decode: FSDP forwards
+    assert hyps[:2] == hyps[2:]
+    sharded(src, prev, images, masks).float().logsumexp(-1).mean().backward()
+    grads = [p.grad for p in sharded.parameters() if p.grad is not None]
+    assert grads and all(type(g).__name__ == "DTensor" for g in grads)
+
+
+def test_swap_in_replaces_the_folder_by_one_rename(tmp_path: Path) -> None:
+    target = tmp_path / "last.ckpt"
+    for step in (1, 2):
+        staged = tmp_path / f".last.ckpt.{step}"
+        staged.mkdir()
+        (staged / "meta.pt").write_text(str(step))
+        swap_in(staged, target)
+        assert target.is_symlink() and (target / "meta.pt").read_text() == str(step)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".last.ckpt.2", "last.ckpt"]  # the old folder is gone
+
+
+def test_dtype_names() -> None:
+    assert dtype_of("bfloat16") is torch.bfloat16 and dtype_of(None) is None
+    with pytest.raises(ValueError, match="unknown dtype 'bf17'"):
+        dtype_of("bf17")
+
+
+def test_consolidate_refuses_what_is_not_a_sharded_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    with pytest.raises(RunConfigError, match="not a sharded checkpoint folder"):
+        consolidate(tmp_path / "last.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        consolidate_main([str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+# ------------------------------------------------------------------ real 2-process runs (train.py)
+def overrides(data_dir: Path, run_dir: Path, trainer: str) -> list[str]:
+    return [f"hydra.run.dir={run_dir}", f"trainer={trainer}", "task=caption", "data.synthetic_dir=null",
+            f"data.train_shards={data_dir}/train-*.tar", f"data.val_shards={data_dir}/val-*.tar",
+            f"data.test_shards={data_dir}/test-*.tar", f"tokenizer.path={data_dir}/tokenizer.json",
+            *[f"model.{k}={v}" for k, v in TINY.items()], "task.image_size=32", "data.batch_size=4",
+            "data.shuffle_buffer=8", "data.num_workers=0", f"data.batches_per_epoch={STEPS_PER_EPOCH}",
+            f"trainer.max_epochs={EPOCHS}", "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1",
+            "test_after_fit=false", "logger=csv", "logger.flush_logs_every_n_steps=1",
+            f"callbacks.step_checkpoint.every_n_train_steps={EVERY}", "callbacks.progress_bar.refresh_rate=100"]
+
+
+def env() -> dict:
+    with socket.socket() as sock:  # each run its own rendezvous port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "MASTER_PORT": str(port)}
+    out.pop("HYDRA_FULL_ERROR", None)
+    return out
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    out = {}
+    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
+        with open(path) as f:
+            out |= {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")}
+    return out
+
+
+def train_and_kill(args: list[str], run_dir: Path, after_step: int) -> None:
+    """SIGKILL the whole process group (both ranks) once rank 0 has logged `after_step`."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while max(losses(run_dir), default=-1) < after_step:
+            assert proc.poll() is None, f"run ended (rc {proc.returncode}) before step {after_step}"
+            assert time.monotonic() < deadline, "timed out waiting for the kill step"
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def fsdp2_runs(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """FSDP2 and DDP (2 processes each) side by side; an FSDP2 run killed after its step-2 checkpoint and resumed,
+    beside a 1-process run that goes on for one more epoch from the consolidated FSDP2 checkpoint. Run dirs."""
+    root = tmp_path_factory.mktemp("fsdp2")
+    dirs = {"fsdp2": root / "fsdp2" / "run", "ddp": root / "ddp" / "run", "killed": root / "killed" / "first",
+            "resumed": root / "killed" / "second", "single": root / "single" / "run"}
+    train = [sys.executable, str(ROOT / "train.py")]
+    done = run_concurrently([train + overrides(synthetic_data_dir, dirs[n], t)
+                             for n, t in (("fsdp2", "fsdp2"), ("ddp", "ddp_sim"))], ROOT, env())
+    assert [p.returncode for p in done] == [0, 0], [p.stderr[-4000:] for p in done]
+    train_and_kill(overrides(synthetic_data_dir, dirs["killed"], "fsdp2"), dirs["killed"], KILL_AFTER)
+    full = consolidate(dirs["fsdp2"] / "checkpoints" / "last.ckpt", root / "full.ckpt")
+    done = run_concurrently([
+        train + overrides(synthetic_data_dir, dirs["resumed"], "fsdp2") + ["ckpt_path=last"],
+        train + overrides(synthetic_data_dir, dirs["single"], "cpu") + [f"ckpt_path={full}",
+                                                                          f"trainer.max_epochs={EPOCHS + 1}"]],
+        ROOT, env())
+    assert [p.returncode for p in done] == [0, 0], [p.stderr[-4000:] for p in done]
+    return dirs | {"full": full}
+
+
+@pytest.mark.slow
+def test_fsdp2_losses_equal_the_replicated_run(fsdp2_runs: dict[str, Path]) -> None:
+    sharded, replicated = losses(fsdp2_runs["fsdp2"]), losses(fsdp2_runs["ddp"])
+    assert sorted(sharded) == sorted(replicated) == list(range(STEPS_PER_EPOCH * EPOCHS))
+    for step, loss in replicated.items():
+        assert sharded[step] == pytest.approx(loss, rel=1e-5, abs=1e-5), step
+    assert (fsdp2_runs["fsdp2"] / "checkpoints" / "last.ckpt" / "meta.pt").is_file()  # a sharded folder
+
+
+@pytest.mark.slow
+def test_fsdp2_killed_and_resumed_from_its_sharded_checkpoint(fsdp2_runs: dict[str, Path]) -> None:
+    folder = fsdp2_runs["killed"] / "checkpoints" / "last.ckpt"
+    assert torch.load(folder / "meta.pt", weights_only=True)["global_step"] == KILL_AFTER // EVERY * EVERY
+    reference, resumed = losses(fsdp2_runs["fsdp2"]), losses(fsdp2_runs["resumed"])
+    assert sorted(resumed) == list(range(KILL_AFTER // EVERY * EVERY, STEPS_PER_EPOCH * EPOCHS))
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
+
+
+@pytest.mark.slow
+def test_consolidated_checkpoint_is_laid_out_like_a_single_file_one(fsdp2_runs: dict[str, Path]) -> None:
+    from ofa.checkpoint import read_checkpoint
+    from ofa.checkpoint_io import AtomicCheckpointIO
+
+    full = AtomicCheckpointIO().load_checkpoint(fsdp2_runs["full"])  # the trainer's own (safe) reader
+    ddp = torch.load(fsdp2_runs["ddp"] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert full.keys() == ddp.keys() and full["global_step"] == ddp["global_step"] == STEPS_PER_EPOCH * EPOCHS
+    assert {k: v.shape for k, v in full["state_dict"].items()} == {k: v.shape for k, v in ddp["state_dict"].items()}
+    for key, value in ddp["state_dict"].items():
+        if "running_" not in key:  # BatchNorm statistics: FSDP2 keeps each rank's, DDP broadcasts rank 0's
+            torch.testing.assert_close(full["state_dict"][key], value, atol=2e-3, rtol=0)
+    (opt,), (ddp_opt,) = full["optimizer_states"], ddp["optimizer_states"]
+    assert opt["param_groups"] == ddp_opt["param_groups"] and opt["state"].keys() == ddp_opt["state"].keys()
+    assert read_checkpoint(fsdp2_runs["full"]).config.d_model == TINY["d_model"]  # init_from, ofa-convert-checkpoint
+    steps = STEPS_PER_EPOCH * EPOCHS
+    assert sorted(losses(fsdp2_runs["single"])) == list(range(steps, steps + STEPS_PER_EPOCH))  # resumed, 1 process
