@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from ofa.callbacks import RNGStateCallback
 from ofa.checkpoint_io import AtomicCheckpointIO, tokenizer_record
 from ofa.datamodules.datamodule import LoaderConfig, OFADataModule, build_sources
-from ofa.datamodules.shards import SHARD_KEYS
+from ofa.datamodules.shards import SHARD_KEYS, expand_shards
 from ofa.datamodules.synthetic import ensure_synthetic_dataset
 from ofa.datamodules.synthetic_codes import ensure_code_shards
 from ofa.datamodules.synthetic_judges import ensure_synthetic_judges
@@ -88,6 +88,9 @@ def build_datamodule(data_cfg: DictConfig, tasks: dict[str, Task]) -> OFADataMod
                              f"(tasks: {sorted(tasks)}); pick the task's data option (data=<task>)")
     entries = {name: configured.get(name) or {} for name in tasks}
     sources = build_sources(entries, tasks, defaults={key: data.get(key) for key in SHARD_KEYS})
+    for source in sources:  # what a task derives from its training data (SCST's document frequencies)
+        if source.train_shards:
+            source.task.prepare_training(expand_shards(source.train_shards))
     loader = LoaderConfig(**{k: v for k, v in data.items() if k not in DATA_KEYS})
     return OFADataModule(sources, loader)
 

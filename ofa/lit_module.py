@@ -46,7 +46,7 @@ class NonFiniteError(RuntimeError):
 
 def nonfinite_step(loss: Tensor | None, params: Iterator[nn.Parameter], strategy: Any) -> bool:
     """True on every rank if any rank's loss or any gradient is NaN/inf (max-abs norms cannot overflow)."""
-    grads = [getattr(p.grad, "_local_tensor", p.grad) for p in params if p.grad is not None]  # FSDP2: local
+    grads = [p.grad for p in params if p.grad is not None]
     flags = [torch.zeros((), device=grads[0].device if grads else "cpu")]
     if loss is not None:
         flags.append((~torch.isfinite(loss.detach())).any().float().to(flags[0].device))
@@ -107,9 +107,6 @@ class OFALitModule(pl.LightningModule):
             load_pretrained(self.model, self.init_from, self.tokenizer_record)
         if self.cfg.freeze_embeddings:
             self.model.encoder.embed_tokens.weight.requires_grad_(False)
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        if hasattr(strategy, "shard_model"):  # trainer=fsdp2: ofa.sharding.FSDP2Strategy
-            self.model = strategy.shard_model(self.model)
         freeze_for_tuning(self.model, self.cfg.tuning.mode)
         log.info(parameter_report(self.model, self.cfg.tuning.mode))
         if self.cfg.ema.decay > 0:
@@ -144,6 +141,12 @@ class OFALitModule(pl.LightningModule):
         gradients once per optimizer step), the batch's target tokens and the per-task outputs."""
         if "mini_batches" in batch:
             return pretraining_loss(self, batch["mini_batches"])
+        name = batch["task"][0]
+        criterion = self.tasks[name].training_criterion()
+        if criterion is not None:  # SCST (ofa.tasks.scst): decoded candidates rewarded, no cross-entropy
+            out, rewards = criterion(self.model, batch)
+            self.log(f"train/{name}/reward", rewards.mean(), prog_bar=True, batch_size=len(batch["id"]))
+            return out.loss, out.ntokens, {name: out}
         losses = self.task_losses(batch, self(batch))
         return sum(o.loss for o in losses.values()), sum(o.ntokens for o in losses.values()), losses
 

@@ -154,6 +154,15 @@ class Task:
             raise RunConfigError(f"{prefix}.generation.max_len_b={max_len} exceeds "
                                  f"model.max_target_positions={limit}")
 
+    def prepare_training(self, train_shards: list[str]) -> None:
+        """Called once by the wiring with the training shard URLs before training, for what a task derives
+        from its training data (e.g. SCST's CIDEr-D document frequencies). Default: nothing."""
+
+    def training_criterion(self) -> Any:
+        """A callable `(model, batch) -> (LossOutput, rewards)` that replaces the label-smoothed CE for this
+        task's training batches (SCST, `ofa.tasks.scst`), or None (the default: cross-entropy)."""
+        return None
+
     def constraint_range(self) -> tuple[int, int] | None:
         """Vocabulary range `[start, end)` the targets are restricted to, besides the 4 specials (OFA's
         `--constraint-range`, e.g. the `<code_i>` tokens of image generation): applied to the logits in the

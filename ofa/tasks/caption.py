@@ -3,17 +3,21 @@
 Source `<s> what does the image describe? </s>`; target `" " + caption` with all punctuation removed and
 cut to `max_tgt_length` words; evaluation decodes with beam 5, `max_len_b` 16, no 3-gram repeats and scores
 against every reference caption (punctuation removed) with CIDEr-D, BLEU-4, METEOR and ROUGE-L.
+Stage 2 (`task.scst.enabled`, experiment=caption_stage2_*): SCST with a CIDEr-D reward whose document
+frequencies come from the training references (`ofa.tasks.scst`, cached beside the shards).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ofa.modules.generation import GenerationConfig
 from ofa.tasks.base import Sample, Task, TaskConfig
 from ofa.tasks.metrics import CaptionScores
+from ofa.tasks.scst import CiderD, ScstConfig, SelfCriticalLoss, cider_sentence
 from ofa.tasks.text import strip_punctuation
 from ofa.tokenizer import OFATokenizer
 
@@ -31,6 +35,7 @@ class CaptionConfig(TaskConfig):
     generation: GenerationConfig = field(default_factory=caption_generation)
     meteor: bool = True  # ≈9 s of Java per evaluation: switch off for quick runs
     ptb_tokenizer: bool = True  # coco-caption's Java PTB tokenizer; False = lower-case + split
+    scst: ScstConfig = field(default_factory=ScstConfig)  # stage 2: CIDEr-D optimisation
 
 
 class CaptionTask(Task):
@@ -43,6 +48,7 @@ class CaptionTask(Task):
     def __init__(self, tokenizer: OFATokenizer, cfg: CaptionConfig) -> None:
         super().__init__(tokenizer, cfg)
         self.cfg: CaptionConfig = cfg
+        self.cider: CiderD | None = None  # SCST's reward: document frequencies of the training references
 
     # ---- data side -------------------------------------------------------------------------
     def preprocess(self, raw: dict[str, Any], split: str) -> Sample | None:
@@ -56,6 +62,30 @@ class CaptionTask(Task):
         return self.make_sample(raw, self.encode_text(self.cfg.prompt, bos=True, eos=True),
                                 self.encode_text(" " + target_text), pixels,
                                 meta={"references": [strip_punctuation(c) for c in captions]})
+
+    # ---- SCST (stage 2) ----------------------------------------------------------------------
+    def prepare_training(self, train_shards: list[str]) -> None:
+        if self.cfg.scst.enabled and self.cider is None:
+            from ofa.datamodules.references import cached_cider
+
+            self.cider = cached_cider(train_shards, cider_sentence)
+
+    def training_criterion(self) -> SelfCriticalLoss | None:
+        if not self.cfg.scst.enabled:
+            return None
+        tok = self.tokenizer
+        return SelfCriticalLoss(self.cfg.scst, self.cider_rewards, pad=tok.pad, bos=tok.bos, eos=tok.eos)
+
+    def cider_rewards(self, candidates: list[list[Tensor]], batch: dict[str, Any]) -> Tensor:
+        """CIDEr-D of every candidate against its sample's references: (B, K)."""
+        if self.cider is None:
+            raise RuntimeError("caption SCST: no document frequencies (prepare_training was not called)")
+        rows = []
+        for cands, meta in zip(candidates, batch["meta"], strict=True):
+            refs = [cider_sentence(r) for r in meta["references"]]
+            texts = [cider_sentence(self.tokenizer.decode(c.tolist())) for c in cands]
+            rows.append([self.cider.score(t, refs) for t in texts])
+        return torch.tensor(rows)
 
     # ---- evaluation side -------------------------------------------------------------------
     def build_metrics(self) -> dict[str, CaptionScores]:

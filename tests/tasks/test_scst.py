@@ -1,0 +1,130 @@
+"""SCST (ofa/tasks/scst.py, spec §4.2): CIDEr-D with fixed document frequencies (hand-computed and against
+pycocoevalcap), the leave-one-out baseline, the policy-gradient loss, the cached frequencies of training
+shards, and one SCST update raising the probability of the rewarded candidate."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+
+import pytest
+import torch
+
+from ofa.datamodules.references import cached_cider
+from ofa.modules.config import OFAConfig
+from ofa.modules.model import OFAModel
+from ofa.tasks.scst import (CiderD, ScstConfig, SelfCriticalLoss, candidate_batch, cider_sentence,
+                            leave_one_out_baseline, policy_gradient_loss)
+
+
+def test_cider_d_on_a_hand_computed_case() -> None:
+    """Two images, one reference each: every n-gram has df 1, weight log 2. `a b` vs `a b`: unigram and
+    bigram cosines 1, no 3/4-grams: 10 * (1 + 1) / 4 = 5. `a c` vs `a b`: unigram cosine 1/2: 1.25."""
+    cider = CiderD.from_references([["a b"], ["c d"]])
+    assert cider.ref_len == pytest.approx(math.log(2))
+    assert cider.score("a b", ["a b"]) == pytest.approx(5.0)
+    assert cider.score("a c", ["a b"]) == pytest.approx(1.25)
+    assert cider.score("a b c", ["a b"]) < 5.0  # length penalty and diluted cosines
+
+
+def test_cider_d_equals_pycocoevalcap_with_the_same_frequencies() -> None:
+    from pycocoevalcap.cider.cider_scorer import CiderScorer
+
+    refs = [["a red square on the left", "a small red square"], ["two blue circles", "a blue circle and a circle"],
+            ["a green triangle above a red square", "green triangle"]]
+    hyps = ["a red square", "a blue circle", "a green triangle on a square"]
+    ref_scorer = CiderScorer(n=4, sigma=6.0)
+    for h, r in zip(hyps, refs, strict=True):
+        ref_scorer += (h, r)
+    _, want = ref_scorer.compute_score()
+    ours = CiderD.from_references(refs)
+    got = [ours.score(h, r) for h, r in zip(hyps, refs, strict=True)]
+    assert got == pytest.approx(list(want), abs=1e-9)
+
+
+def test_cider_sentence_is_ofas_form() -> None:
+    assert cider_sentence("A red square, left.") == "A red square left <eos>"
+
+
+def test_leave_one_out_baseline_by_hand() -> None:
+    rewards = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 6.0]])
+    torch.testing.assert_close(leave_one_out_baseline(rewards), torch.tensor([[2.5, 2.0, 1.5], [3.0, 3.0, 0.0]]))
+    assert torch.allclose((rewards - leave_one_out_baseline(rewards)).sum(1), torch.zeros(2))
+
+
+def test_policy_gradient_loss_by_hand() -> None:
+    """Uniform logits over V=4 (log p = -log 4); row 0: 2 tokens, advantage 1; row 1: 1 token + pad, -2."""
+    logits = torch.zeros(2, 2, 4)
+    target = torch.tensor([[3, 2], [3, 1]])
+    out = policy_gradient_loss(logits, target, torch.tensor([1.0, -2.0]), pad=1)
+    assert out.ntokens == 3
+    assert out.loss.item() == pytest.approx(math.log(4) * (2 * 1.0 - 2.0))
+    assert out.nll_loss.item() == pytest.approx(3 * math.log(4))
+
+
+def test_candidate_batch_layout() -> None:
+    prev, target = candidate_batch([[torch.tensor([5, 6, 2]), torch.tensor([7, 2])]], bos=0, pad=1)
+    assert prev.tolist() == [[0, 5, 6], [0, 7, 1]] and target.tolist() == [[5, 6, 2], [7, 2, 1]]
+
+
+def test_document_frequencies_are_cached_beside_the_shards(tmp_path) -> None:
+    shard = tmp_path / "train-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, caps in enumerate([["a b."], ["c d"]]):
+            data = json.dumps({"id": str(i), "captions": caps}).encode()
+            info = tarfile.TarInfo(f"{i:06d}.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    first = cached_cider([str(shard)], cider_sentence)
+    cached = list(tmp_path.glob("cider_df-*.json"))
+    assert len(cached) == 1 and first.df[("a", "b")] == 1 and first.df[("<eos>",)] == 2
+    again = cached_cider([str(shard)], cider_sentence)
+    assert again.df == first.df and again.ref_len == pytest.approx(math.log(2))
+
+
+def test_an_scst_step_raises_the_rewarded_candidates() -> None:
+    """Reward 1 for candidates containing token 7, 0 otherwise: one SGD step on the SCST loss raises the
+    log-probability of the rewarded candidates relative to the others."""
+    cfg = OFAConfig.from_dict(dict(vocab_size=12, d_model=16, encoder_layers=1, decoder_layers=1,
+                                   encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                                   decoder_ffn_dim=32, resnet_type="resnet18", resnet_layers=[1, 1, 1]))
+    torch.manual_seed(0)
+    model = OFAModel(cfg).train()
+    scst = ScstConfig(enabled=True, candidates=4)
+    scst.generation.beam_size, scst.generation.max_len_b = 4, 4
+
+    def reward(cands, batch):
+        return torch.tensor([[float(7 in c.tolist()) for c in row] for row in cands])
+
+    loss_fn = SelfCriticalLoss(scst, reward, pad=1, bos=0, eos=2)
+    batch = {"src_tokens": torch.tensor([[0, 5, 6, 2], [0, 8, 9, 2]]), "patch_images": torch.randn(2, 3, 32, 32),
+             "patch_masks": torch.tensor([True, True])}
+    cands = loss_fn.candidates(model, batch)
+    assert model.training and len(cands) == 2 and all(len(row) == 4 for row in cands)
+    rewards = reward(cands, batch)
+    if not ((rewards.sum(1) > 0) & (rewards.sum(1) < 4)).any():
+        pytest.skip("no sample with both rewarded and unrewarded candidates")
+
+    def scores() -> torch.Tensor:
+        prev, target = candidate_batch(cands, 0, 1)
+        with torch.no_grad():
+            model.eval()
+            lp = model(batch["src_tokens"].repeat_interleave(4, 0), prev, batch["patch_images"].repeat_interleave(4, 0),
+                       batch["patch_masks"].repeat_interleave(4, 0)).log_softmax(-1)
+            model.train()
+        return (lp.gather(-1, target[..., None]).squeeze(-1) * target.ne(1)).sum(-1).view(2, 4)
+
+    before = scores()
+    opt = torch.optim.SGD([p for p in model.parameters()], lr=0.5)
+    model.eval()  # no dropout: the step's own forward sees the same model as `scores`
+    loss_fn.candidates = lambda m, b: cands  # the same candidates as measured
+    out, got = loss_fn(model, batch)
+    assert torch.equal(got, rewards) and out.ntokens == sum(c.numel() for row in cands for c in row)
+    (out.loss / out.ntokens).backward()
+    opt.step()
+    gain = scores() - before  # (2, 4)
+    mixed = (rewards.sum(1) > 0) & (rewards.sum(1) < 4)
+    good = (gain * rewards)[mixed].sum() / rewards[mixed].sum()
+    bad = (gain * (1 - rewards))[mixed].sum() / (1 - rewards)[mixed].sum()
+    assert good > bad
