@@ -46,7 +46,7 @@ class NonFiniteError(RuntimeError):
 
 def nonfinite_step(loss: Tensor | None, params: Iterator[nn.Parameter], strategy: Any) -> bool:
     """True on every rank if any rank's loss or any gradient is NaN/inf (max-abs norms cannot overflow)."""
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [getattr(p.grad, "_local_tensor", p.grad) for p in params if p.grad is not None]  # FSDP2: local
     flags = [torch.zeros((), device=grads[0].device if grads else "cpu")]
     if loss is not None:
         flags.append((~torch.isfinite(loss.detach())).any().float().to(flags[0].device))
@@ -109,6 +109,9 @@ class OFALitModule(pl.LightningModule):
             self.model.encoder.embed_tokens.weight.requires_grad_(False)
         freeze_for_tuning(self.model, self.cfg.tuning.mode)
         log.info(parameter_report(self.model, self.cfg.tuning.mode))
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if hasattr(strategy, "shard_model"):  # trainer=fsdp2: ofa.sharding.FSDP2Strategy
+            self.model = strategy.shard_model(self.model)
         if self.cfg.ema.decay > 0:
             self.ema = EMA(self.model, self.cfg.ema.decay, self.cfg.ema.start_step)
 
