@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from ofa.callbacks import RNGStateCallback
 from ofa.checkpoint_io import AtomicCheckpointIO, tokenizer_record
 from ofa.datamodules.datamodule import LoaderConfig, OFADataModule, build_sources
+from ofa.datamodules.negative_samples import ensure_negative_samples, is_synthetic_negatives
 from ofa.datamodules.shards import SHARD_KEYS, expand_shards
 from ofa.datamodules.synthetic import ensure_synthetic_dataset
 from ofa.datamodules.synthetic_codes import ensure_code_shards
@@ -54,6 +55,8 @@ def prepare_data_dir(cfg: DictConfig) -> None:
                 log.info("code shards of %s: %s", name, codes)
             if name == "image_gen" and (node.get("judge") or node.scorer.kind == "synthetic"):
                 log.info("judge and scorer of the synthetic world: %s", ensure_synthetic_judges(cfg.data.synthetic_dir))
+            if name == "pretrain" and is_synthetic_negatives(cfg.data.synthetic_dir, node.get("neg_sample_dir")):
+                log.info("negative samples: %s", ensure_negative_samples(cfg.data.synthetic_dir))
     prepare_own_data(cfg)
 
 

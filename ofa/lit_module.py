@@ -116,8 +116,9 @@ class OFALitModule(pl.LightningModule):
             self.ema = EMA(self.model, self.cfg.ema.decay, self.cfg.ema.start_step)
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
+        patches = batch.get("sample_patch_num") if self.training else None  # pretraining: random patches
         return self.model(batch["src_tokens"], batch["prev_output_tokens"], batch.get("patch_images"),
-                          batch.get("patch_masks"), batch.get("code_masks"))  # (B, T, V)
+                          batch.get("patch_masks"), batch.get("code_masks"), patches)  # (B, T, V)
 
     # ---------------------------------------------------------------- loss
     def task_losses(self, batch: dict[str, Any], logits: Tensor) -> dict[str, Any]:
@@ -341,6 +342,21 @@ class OFALitModule(pl.LightningModule):
         self.nonfinite_skipped, self._nonfinite_in_row = nonfinite.get("skipped", 0), nonfinite.get("in_row", 0)
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
+
+
+def pretraining_loss(module: OFALitModule, parts: list[dict | None]) -> tuple[Tensor, int, dict[str, Any]]:
+    """OFA's pretraining criterion (spec §3.11): one forward per mini-batch (image-text pairs, extras; None =
+    none on this rank), `loss_v1/ntok_v1 + loss_v2/ntok_v2` with sample size 1, so the update averages it over
+    the micro-batches and ranks (fairseq's `sample_size=1`)."""
+    losses, loss = {}, None
+    for part in parts:
+        if part is None:
+            continue
+        out = module.task_losses(part, module(part))
+        losses.update(out)
+        term = sum(o.loss for o in out.values()) / max(sum(o.ntokens for o in out.values()), 1)
+        loss = term if loss is None else loss + term
+    return loss, 1, losses
 
 
 def load_pretrained(model: OFAModel, path: str, tokenizer_record: dict | None = None) -> None:

@@ -41,7 +41,22 @@ def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, Any]:
         batch["constraint_masks"] = _constraint_masks(samples, target.shape[1])  # (B, T, V)
     if any(s.code_mask for s in samples):
         batch["code_masks"] = torch.tensor([s.code_mask for s in samples])  # (B,)
+    patch_nums = {s.sample_patch_num for s in samples}
+    if len(patch_nums) > 1:
+        raise ValueError(f"collate: samples of one batch keep different numbers of patches {sorted(map(str, patch_nums))}")
+    if None not in patch_nums:
+        batch["sample_patch_num"] = patch_nums.pop()
     return batch
+
+
+def collate_mini_batches(groups: Sequence[Sequence[Sample]], pad_id: int) -> dict[str, Any]:
+    """OFA's pretraining collater: one batch of several mini-batches, each collated on its own (own padding,
+    own image size, own patch sampling): `{"mini_batches": [batch, or None for an empty group], "id", "task"
+    (all rows), "ntokens" (sum)}`. The lit module optimises the sum of each mini-batch's per-token loss."""
+    parts = [collate(g, pad_id) if g else None for g in groups]
+    rows = [p for p in parts if p is not None]
+    return {"mini_batches": parts, "id": [i for p in rows for i in p["id"]],
+            "task": [t for p in rows for t in p["task"]], "ntokens": sum(p["ntokens"] for p in rows)}
 
 
 def pad_tokens(seqs: Sequence[Tensor], pad_id: int) -> Tensor:

@@ -37,11 +37,15 @@ class TaskSource:
     test_shards: Shards | None = None
     weight: float = 1.0
     start_epoch: int = 0  # the task joins the training mixture at this epoch (earlier epochs: the other tasks)
+    every: int = 0  # > 0: not drawn by weight, but `count` rows after every `every`-th drawn row (OFA's
+    count: int = 1  # pretraining extras: every 8th row); its samples form the batch's second mini-batch
 
     def __post_init__(self) -> None:
         name = getattr(self.task, "name", "?")
         check_values([(f"data.sources.{name}.weight", self.weight, self.weight > 0, "must be > 0"),
-                      (f"data.sources.{name}.start_epoch", self.start_epoch, self.start_epoch >= 0, "must be >= 0")])
+                      (f"data.sources.{name}.start_epoch", self.start_epoch, self.start_epoch >= 0, "must be >= 0"),
+                      (f"data.sources.{name}.every", self.every, self.every >= 0, "must be >= 0"),
+                      (f"data.sources.{name}.count", self.count, self.count >= 1, "must be >= 1")])
 
     def shards(self, split: str) -> Shards | None:
         return getattr(self, f"{split}_shards")
@@ -125,7 +129,7 @@ class OFADataModule(pl.LightningDataModule):
 
     # ---- dataloaders -------------------------------------------------------------------------------
     def train_dataloader(self) -> ShardLoader:
-        sources = [Source(s.task, self._urls[(i, "train")], s.weight, s.start_epoch)
+        sources = [Source(s.task, self._urls[(i, "train")], s.weight, s.start_epoch, s.every, s.count)
                    for i, s in enumerate(self.sources) if (i, "train") in self._urls]
         if not sources:
             raise ValueError("OFADataModule: no train_shards given for any task")

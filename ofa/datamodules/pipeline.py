@@ -1,8 +1,12 @@
 """Shards -> decoded samples -> `task.preprocess` -> collated batches, split over DDP ranks and workers.
 
 - `TrainStream`: endless resampled shards (seeded by seed, epoch, rank, worker), a shuffle buffer of raw
-  samples, a per-sample task mixture, and exactly `batches_per_epoch` batches per rank, spread over the
-  workers, so every rank runs the same number of steps (no DDP hang at the epoch end).
+  samples, a per-row task mixture, and exactly `batches_per_epoch` batches per rank, spread over the
+  workers, so every rank runs the same number of steps (no DDP hang at the epoch end). A row may give
+  several samples (pretraining's main + second example). Sources with `every > 0` are not drawn by weight:
+  they give `count` samples after every `every`-th row of the weighted ones (OFA's pretraining extras, every
+  8th row), and then every batch is two mini-batches (`collate_mini_batches`: samples of weighted sources,
+  of scheduled ones).
 - `EvalStream`: one finite pass in which every sample is read by exactly one (rank, worker): whole shards
   when there are at least as many shards as readers, else every reader keeps every n-th sample.
 
@@ -25,7 +29,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ofa.datamodules.collate import collate
+from ofa.datamodules.collate import collate, collate_mini_batches
 from ofa.datamodules.shards import SkipCounter, SkipSample, decode_sample, read_shard
 
 MAX_CONSECUTIVE_SKIPS = 1000  # a training source that yields nothing for this long is misconfigured
@@ -45,6 +49,8 @@ class Source:
     urls: list[str]
     weight: float = 1.0
     start_epoch: int = 0  # sampled from this epoch on (weight 0 before)
+    every: int = 0  # > 0: not drawn by weight; `count` samples after every `every`-th weighted row
+    count: int = 1
 
 
 @dataclass
@@ -61,9 +67,9 @@ class StreamConfig:
 
 
 def prepare(raw: dict[str, Any], task: Any, split: str, cfg: StreamConfig, counter: SkipCounter,
-            rng: StreamRNG | None = None, last_skip: list[str] | None = None) -> dict | None:
-    """Decode and preprocess one raw sample (under `rng`'s private RNG states if given); None (counted by
-    reason, and described in `last_skip[0]` if given) if it cannot be used."""
+            rng: StreamRNG | None = None, last_skip: list[str] | None = None) -> list | None:
+    """Decode and preprocess one raw sample (under `rng`'s private RNG states if given) into its list of
+    samples; None (counted by reason, and described in `last_skip[0]` if given) if it cannot be used."""
     where = f"{task.name} sample {raw.get('__key__')} of {raw.get('__url__')}"
     try:
         item = decode_sample(raw, cfg.max_image_pixels)
@@ -74,9 +80,9 @@ def prepare(raw: dict[str, Any], task: Any, split: str, cfg: StreamConfig, count
             sample = task.preprocess(item, split)
     except Exception as exn:  # noqa: BLE001 - one bad sample must not end a run; counted and warned once
         return _skip(counter, "preprocess_error", f"{where}: {type(exn).__name__}: {exn}", last_skip)
-    if sample is None:
+    if sample is None or (isinstance(sample, list) and not sample):
         return _skip(counter, "missing_fields", where, last_skip)
-    return sample
+    return sample if isinstance(sample, list) else [sample]
 
 
 def _skip(counter: SkipCounter, reason: str, detail: str, last_skip: list[str] | None) -> None:
@@ -158,7 +164,9 @@ class TrainStream(_Stream):
             raise ValueError("TrainStream: no training sources")
         if any(not s.weight > 0 for s in sources):
             raise ValueError(f"TrainStream: mixture weights must be > 0, got {[s.weight for s in sources]}")
-        if min(s.start_epoch for s in sources) != 0:
+        if all(s.every for s in sources):
+            raise ValueError("TrainStream: every source is scheduled (every > 0); one must be drawn by weight")
+        if min(s.start_epoch for s in sources if not s.every) != 0:
             raise ValueError(f"TrainStream: some task must start at epoch 0, got start epochs "
                              f"{ {s.task.name: s.start_epoch for s in sources} }")
         if batches_per_epoch < 1:
@@ -186,16 +194,39 @@ class TrainStream(_Stream):
         streams = [self._samples(s, f"{tag}/{i}", rng) for i, s in enumerate(self.sources)]
         samples = self._mix(streams, random.Random(tag), epoch)
         collections.deque(itertools.islice(samples, done * self.cfg.batch_size), maxlen=0)  # fast-forward
-        return itertools.islice(self._batches(samples), quota - done)
+        scheduled = any(s.every for s in self.sources)
+        batches = self._grouped_batches(samples) if scheduled else self._batches(s for _, s in samples)
+        return itertools.islice(batches, quota - done)
 
-    def _mix(self, streams: list[Iterator[dict]], rng: random.Random, epoch: int) -> Iterator[dict]:
-        """Per sample: a source drawn by weight among those whose `start_epoch` has come."""
-        indices, weights = range(len(streams)), [s.weight * (epoch >= s.start_epoch) for s in self.sources]
+    def _mix(self, streams: list[Iterator[list]], rng: random.Random, epoch: int) -> Iterator[tuple[int, Any]]:
+        """(group, sample): per row a source drawn by weight among those whose `start_epoch` has come (group 0),
+        after every `every`-th row `count` rows of each scheduled source (group 1)."""
+        drawn = [i for i, s in enumerate(self.sources) if not s.every]
+        weights = [self.sources[i].weight * (epoch >= self.sources[i].start_epoch) for i in drawn]
+        scheduled = [i for i, s in enumerate(self.sources) if s.every and epoch >= s.start_epoch]
+        rows = 0
         while True:
-            yield next(streams[rng.choices(indices, weights)[0]])
+            for sample in next(streams[rng.choices(drawn, weights)[0]]):
+                yield 0, sample
+            rows += 1
+            for i in scheduled:
+                if rows % self.sources[i].every == 0:
+                    for _ in range(self.sources[i].count):
+                        for sample in next(streams[i]):
+                            yield 1, sample
 
-    def _samples(self, source: Source, tag: str, aug_rng: StreamRNG | None = None) -> Iterator[dict]:
-        """Endless preprocessed samples of one source: random shards (with replacement), shuffled samples."""
+    def _grouped_batches(self, samples: Iterator[tuple[int, Any]]) -> Iterator[dict]:
+        """`batch_size` samples per batch as two mini-batches: rows of drawn sources, of scheduled ones (either
+        may be empty: every pretraining batch has the same form, so the same loss normalisation)."""
+        while batch := list(itertools.islice(samples, self.cfg.batch_size)):
+            groups: list[list] = [[], []]
+            for group, sample in batch:
+                groups[group].append(sample)
+            yield collate_mini_batches(groups, self.cfg.pad_id)
+
+    def _samples(self, source: Source, tag: str, aug_rng: StreamRNG | None = None) -> Iterator[list]:
+        """Endless preprocessed rows (lists of samples) of one source: random shards (with replacement),
+        shuffled raw samples."""
         rng = random.Random(tag)
         raw = wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=rng)(
             self._resampled(source, rng))
@@ -236,8 +267,8 @@ class EvalStream(_Stream):
         reader, readers = self.cfg.rank * num_workers + worker, self.cfg.world_size * num_workers
         _seed_worker(f"{self.cfg.seed}/{self.split}/{self.cfg.rank}/{worker}")
         raws = self._my_raw_samples(reader, readers)
-        samples = (prepare(r, self.source.task, self.split, self.cfg, self.counter) for r in raws)
-        return self._batches(s for s in samples if s is not None)
+        rows = (prepare(r, self.source.task, self.split, self.cfg, self.counter) for r in raws)
+        return self._batches(s for row in rows if row is not None for s in row)
 
     def _my_raw_samples(self, reader: int, readers: int) -> Iterator[dict]:
         urls = self.source.urls

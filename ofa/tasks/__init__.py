@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from ofa.tasks.base import Task, TaskConfig
 from ofa.tasks.caption import CaptionConfig, CaptionTask
+from ofa.tasks.detection import DetectionTask
 from ofa.tasks.gigaword import GigawordTask
 from ofa.tasks.glue import GLUE_TASKS
 from ofa.tasks.grounding import GroundingTask
 from ofa.tasks.image_classify import ImageClassifyTask
 from ofa.tasks.image_gen import ImageGenTask
 from ofa.tasks.image_infill import ImageInfillTask
+from ofa.tasks.pretrain import PretrainTask
 from ofa.tasks.snli_ve import SNLIVETask
 from ofa.tasks.text_infill import TextInfillTask
 from ofa.tasks.vqa import VQATask
@@ -29,6 +31,8 @@ TASKS: dict[str, type[Task]] = {
     "text_infill": TextInfillTask,
     "image_gen": ImageGenTask,
     "image_infill": ImageInfillTask,
+    "detection": DetectionTask,
+    "pretrain": PretrainTask,  # OFA's unify_task, image-text side; task=pretrain adds the extras
 }
 
 __all__ = ["TASKS", "Task", "TaskConfig", "CaptionTask", "CaptionConfig"]

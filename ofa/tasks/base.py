@@ -55,6 +55,7 @@ class Sample:
     constraint_mask: Tensor | None = None  # (T, V) bool, True = allowed target token
     code_mask: bool = False  # the target is image codes
     meta: dict[str, Any] = field(default_factory=dict)  # what evaluation needs (references, boxes, ...)
+    sample_patch_num: int | None = None  # training: keep this many random image patches (OFA's pretraining)
 
 
 def build_prompted_target(decoder_prompt: Tensor, answer: Tensor, eos: int, pad: int,
@@ -88,8 +89,9 @@ class Task:
         self._generator: SequenceGenerator | None = None
 
     # ---- data side -------------------------------------------------------------------------
-    def preprocess(self, raw: dict[str, Any], split: str) -> Sample | None:
-        """Raw shard sample (json fields + "image") -> `Sample`; None if the sample lacks the task's fields."""
+    def preprocess(self, raw: dict[str, Any], split: str) -> Sample | list[Sample] | None:
+        """Raw shard sample (json fields + "image") -> `Sample` (or several, e.g. pretraining's main and
+        second example of a row); None if the sample lacks the task's fields."""
         raise NotImplementedError
 
     def transform(self, split: str) -> TransformFn:

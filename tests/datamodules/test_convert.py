@@ -97,6 +97,14 @@ LAYOUT_CASES = {
     "pretrain_image": (
         [["m1", b64(PNG), "4 5 6 7"]],
         [(with_size({"id": "m1", "center_codes": [4, 5, 6, 7]}, PNG), PNG)]),
+    "pretrain_text": (
+        [["t1", "Some text to infill."]],
+        [({"id": "t1", "text": "Some text to infill."}, None)]),
+    "detection": (
+        [["d1", b64(JPG), "0,0,4,3,1,cat&&2.5,1,8,6,7,dog, brown"]],
+        [(with_size({"id": "d1", "detections": [
+            {"box": [0.0, 0.0, 4.0, 3.0], "label": "cat", "category_id": "1"},
+            {"box": [2.5, 1.0, 8.0, 6.0], "label": "dog, brown", "category_id": "7"}]}, JPG), JPG)]),
     "gigaword": (
         [["a long article text", "short summary"]],
         [({"id": "gigaword:1", "text": "a long article text", "summary": "short summary"}, None)]),
@@ -197,6 +205,10 @@ BAD_CASES = {  # fmt: (good row, [(bad row, reason)])
     "pretrain_image": (["m", b64(PNG), "0 1 2 3"], [
         (["m", b64(PNG), "0 1 2"], "bad codes"),
         (["m", b64(b"not an image at all"), "0 1 2 3"], "bad image")]),
+    "detection": (["d", b64(JPG), "0,0,4,3,1,cat"], [
+        (["d", b64(JPG), "0,0,4,3,cat"], "bad field"),
+        (["d", b64(JPG), "0,0,40,3,1,cat"], "bad box"),
+        (["d", b64(JPG), ""], "missing field")]),
     "cola": (["fine", "1"], [(["fine", "2"], "unknown label"), (["", "1"], "missing field")]),
     "rte": (["a", "b", "entailment"], [(["a", "b", "1"], "unknown label")]),
     "vision_language": (["p", b64(JPG), "c", "", "", "", "d", "caption"], [

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from ofa.datamodules.formats.common import (
+    BAD_FIELD,
     MISSING_FIELD,
     SNLI_LABELS,
     UNKNOWN_LABEL,
@@ -90,6 +91,24 @@ def _pretrain_image(v: list[str], _: str) -> Sample:
     return with_image(meta, image_from_base64(v[1]))
 
 
+def _pretrain_text(v: list[str], _: str) -> Sample:
+    """OFA's text_examples.tsv: one text per row, for text infilling (spec §3.11)."""
+    return Sample({"id": require(v[0], "id"), "text": require(v[1], "text")})
+
+
+def _detection(v: list[str], _: str) -> Sample:
+    """OFA's detection_examples.tsv: `x0,y0,x1,y1,cat_id,cat_name&&...` (the name may hold commas)."""
+    image = image_from_base64(v[1])
+    items = []
+    for entry in split_list(require(v[2], "objects")):
+        parts = entry.strip().split(",", 5)
+        if len(parts) != 6 or not parts[5].strip():
+            raise RowError(BAD_FIELD, f"object {entry!r} is not x0,y0,x1,y1,category_id,category_name")
+        items.append({"box": parse_box(parts[:4], (image[2], image[3])), "label": parts[5].strip(),
+                      "category_id": parts[4].strip()})
+    return with_image({"id": require(v[0], "id"), "detections": items}, image)
+
+
 def _gigaword(v: list[str], fallback_id: str) -> Sample:
     return Sample({"id": fallback_id, "text": require(v[0], "source"), "summary": require(v[1], "target")})
 
@@ -147,6 +166,8 @@ LAYOUTS: dict[str, TsvLayout] = {
     "image_gen": TsvLayout(("uniq-id", "image-codes", "caption"),
                            ("id", "caption", "codes", "image"), (0, 2, 1), _image_gen, optional=1),
     "pretrain_image": TsvLayout(("uniq-id", "image", "codes"), ("id", "image", "codes"), (0, 1, 2), _pretrain_image),
+    "pretrain_text": TsvLayout(("uniq-id", "text"), ("id", "text"), (0, 1), _pretrain_text),
+    "detection": TsvLayout(("uniq-id", "image", "objects"), ("id", "image", "objects"), (0, 1, 2), _detection),
     "gigaword": TsvLayout(("source", "target"), ("source", "target"), (0, 1), _gigaword),
     "cola": TsvLayout(_ONE, _ONE, (0, 1), _glue(_BINARY, _ONE)),
     "sst2": TsvLayout(_ONE, _ONE, (0, 1), _glue({"0": "negative", "1": "positive"}, _ONE)),
