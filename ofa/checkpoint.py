@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -39,11 +40,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ofa.checkpoint_resize import fit_image_positions
 from ofa.modules.config import PRESETS, OFAConfig
 from ofa.modules.model import OFAModel
 from ofa.safe_load import CheckpointError, safe_torch_load
 
 PLATFORM_CONFIG, PLATFORM_WEIGHTS, TOKENIZER_FILE = "ofa_config.json", "model.safetensors", "tokenizer.json"
+log = logging.getLogger(__name__)
 RECORD_KEY = "ofa"  # the entry of a Lightning .ckpt holding the model config and the tokenizer
 SIZE_FIELDS = ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
                "encoder_ffn_dim", "decoder_ffn_dim", "resnet_blocks")
@@ -323,8 +326,12 @@ def _resize_rows(old: Tensor, rows: int, d: int) -> Tensor:
 
 
 def _prepare(model: OFAModel, sd: dict[str, Tensor], resize_embeddings: bool) -> tuple[dict, tuple | None]:
-    """Drop derived keys, check the tie, fill all tied keys from one tensor, resize the vocab if asked."""
+    """Drop derived keys, fit the image positions to the model's bucket (`ofa.checkpoint_resize`), check the
+    tie, fill all tied keys from one tensor, resize the vocab if asked."""
     sd = {k: v for k, v in sd.items() if not DERIVED.search(k)}
+    sd, held_bucket = fit_image_positions(sd, model.cfg.image_bucket_size, model.cfg.init_std)
+    if held_bucket is not None:
+        log.info("image positions fitted from image_bucket_size=%d to %d", held_bucket, model.cfg.image_bucket_size)
     present = [sd[k] for k in TIED_KEYS if k in sd]
     if not present:
         return sd, None

@@ -204,3 +204,38 @@ def test_a_missing_base_is_named(base_dir, tmp_path) -> None:
 
 def test_base_config_is_the_model_config() -> None:
     assert OFAConfig().encoder_prompt_length == 0 and OFAConfig().adapter_dim == 0
+
+
+# --------------------------------------------------------------------------- image positions (larger images)
+def test_a_checkpoint_of_a_smaller_bucket_loads_with_every_cell_and_offset_kept(base_dir) -> None:
+    """Bucket 42 -> 48: cell (r, c) keeps its row under the new id, every 2-D offset keeps its table row."""
+    small = load_model(base_dir)  # tiny config: image_bucket_size 42
+    big = OFAModel(TINY.config(image_bucket_size=48))
+    load_pretrained(big, base_dir)
+    old, new = small.encoder.embed_image_positions.weight, big.encoder.embed_image_positions.weight
+    assert new.shape[0] == 48 * 48 + 1
+    assert torch.equal(new[0], old[0]) and torch.equal(new[3 * 48 + 5 + 1], old[3 * 42 + 5 + 1])
+    told = small.decoder.image_rel_pos_table_list[1].weight
+    tnew = big.decoder.image_rel_pos_table_list[1].weight
+    for dr, dc in [(0, 0), (-41, 41), (7, -3)]:
+        assert torch.equal(tnew[(dr + 47) * 95 + dc + 47], told[(dr + 41) * 83 + dc + 41])
+    assert torch.equal(tnew[-3:], told[-3:])
+    batch = TINY.batch(b=2)  # 2x2 patch grid: every cell and offset it uses was kept
+    torch.testing.assert_close(logits(big, batch), logits(small, batch))
+
+
+def test_interpolated_positions_for_a_larger_grid() -> None:
+    """interpolate_position: a 4x4 grid beyond the 2x2 pretraining grid (orig 32 px) takes the bilinear resize
+    of the 2x2 grid's embeddings; a grid within it is unchanged."""
+    torch.manual_seed(0)
+    model = OFAModel(TINY.config(interpolate_position=True, orig_patch_image_size=32)).eval()
+    enc = model.encoder
+    grid = enc.embed_image_positions.weight[torch.tensor([1, 2, 43, 44])].T.reshape(1, -1, 2, 2)
+    want = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bilinear").flatten(2).transpose(1, 2)
+    raw = enc.embed_image_positions(torch.zeros(1, 16, dtype=torch.long))
+    torch.testing.assert_close(enc._interpolated_positions(4, 4, raw), want)
+    assert enc._interpolated_positions(2, 2, raw[:, :4]) is not None
+    assert torch.equal(enc._interpolated_positions(2, 2, raw[:, :4]), raw[:, :4])
+    with torch.no_grad():  # end to end: a 64 px image runs with the interpolated positions
+        out = model(torch.tensor([[0, 5, 2]]), torch.tensor([[0, 7]]), torch.randn(1, 3, 64, 64))
+    assert out.shape == (1, 2, 120)
