@@ -128,3 +128,38 @@ def test_an_scst_step_raises_the_rewarded_candidates() -> None:
     good = (gain * rewards)[mixed].sum() / rewards[mixed].sum()
     bad = (gain * (1 - rewards))[mixed].sum() / (1 - rewards)[mixed].sum()
     assert good > bad
+
+
+def test_scst_trains_through_lightning_with_ema(tokenizer, synthetic_shards, tmp_path) -> None:
+    """task.scst: Trainer.fit runs SCST steps (reward logged, cross-entropy not used), the document
+    frequencies come from the training shards, and the EMA follows the SCST updates."""
+    import pytorch_lightning as pl
+
+    from ofa.datamodules.datamodule import LoaderConfig, OFADataModule, TaskSource
+    from ofa.datamodules.shards import expand_shards
+    from ofa.lit_module import EMAConfig, ModuleConfig, OFALitModule
+    from ofa.modules.generation import GenerationConfig
+    from ofa.tasks.caption import CaptionConfig, CaptionTask
+    from ofa.utils.optim import OptimConfig, ScheduleConfig
+
+    scst = ScstConfig(enabled=True, candidates=2, generation=GenerationConfig(beam_size=2, max_len_b=4))
+    task = CaptionTask(tokenizer, CaptionConfig(image_size=32, label_smoothing=0.0, meteor=False,
+                                                ptb_tokenizer=False, scst=scst,
+                                                generation=GenerationConfig(beam_size=2, max_len_b=4)))
+    task.prepare_training(expand_shards(synthetic_shards["train"]))
+    assert task.cider is not None and task.cider.ref_len > 0
+    cfg = OFAConfig.from_preset("ofa_nano", vocab_size=len(tokenizer), d_model=32, encoder_layers=1,
+                                decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                                encoder_ffn_dim=64, decoder_ffn_dim=64)
+    module = OFALitModule(cfg, {"caption": task}, OptimConfig(lr=1e-3), ScheduleConfig(warmup_steps=1),
+                          ModuleConfig(ema=EMAConfig(decay=0.5)))
+    dm = OFADataModule([TaskSource(task, train_shards=synthetic_shards["train"], val_shards=synthetic_shards["val"])],
+                       LoaderConfig(batch_size=2, eval_batch_size=4, num_workers=0, batches_per_epoch=2,
+                                    shuffle_buffer=8))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp_path),
+                         num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 2 and "train/caption/reward" in trainer.callback_metrics
+    params = dict(module.model.named_parameters())
+    assert any(not torch.equal(v, params[n].float()) for n, v in module.ema.shadow.items())
