@@ -270,3 +270,19 @@ def test_checkpoint_mode_follows_the_monitor(synthetic_data_dir: Path, tmp_path:
     assert compose_cfg([*base, "task=image_gen", "task.monitor=fid"], tmp_path).callbacks.model_checkpoint.mode == "min"
     assert compose_cfg([*base, "task=image_gen", "task.monitor=judge_all"],
                        tmp_path).callbacks.model_checkpoint.mode == "max"
+
+
+@pytest.mark.parametrize("size", ["tiny", "medium", "base", "large", "huge"])
+def test_pretrain_presets_follow_ofas_scripts_with_ddp_or_fsdp(size: str, tmp_path: Path) -> None:
+    for trainer in ("ddp", "fsdp"):
+        cfg = compose_cfg([f"experiment=pretrain_{size}", f"trainer={trainer}"], tmp_path)
+        OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+        assert cfg.model.d_model == PRESETS[f"ofa_{size}"]["d_model"] and cfg.optim.lr == pytest.approx(1e-4)
+        assert (cfg.schedule.warmup_ratio, cfg.trainer.gradient_clip_val, cfg.trainer.max_epochs) == (0.01, 5.0, 50)
+        assert cfg.task.tasks.pretrain.label_smoothing == 0.0 and cfg.task.image_size in (384, 480)
+        assert {name: cfg.task.tasks[name].conf for name in ("text_infill", "image_infill", "detection")} == {
+            "text_infill": 2.0, "image_infill": 2.0, "detection": 2.0}
+        assert {name: (s.every, s.count) for name, s in cfg.data.sources.items() if s.every} == {
+            "text_infill": (8, 2), "image_infill": (8, 1), "detection": (8, 1)}
+        if trainer == "fsdp":
+            assert type(factory.build_strategy(cfg.trainer.strategy)).__name__ == "FSDPStrategy"
