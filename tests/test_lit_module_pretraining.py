@@ -73,3 +73,39 @@ def test_a_batch_without_extras_keeps_the_same_form(tokenizer) -> None:
     task = named(tokenizer, "pretrain")
     batch = collate_mini_batches([[sample(task, [20], True, patches=4)], []], tokenizer.pad)
     assert batch["mini_batches"][1] is None and batch["id"] == ["x"] and batch["ntokens"] == 2
+
+
+def test_pretraining_trains_and_its_checkpoint_initialises_fine_tuning(tokenizer, synthetic_shards, tmp_path) -> None:
+    """Two optimizer steps of task=pretrain (image-text rows + detection every 2nd row) through Lightning, then
+    `init_from` of that .ckpt into a grounding fine-tuning model: the weights arrive unchanged."""
+    import pytorch_lightning as pl
+
+    from ofa.datamodules.datamodule import LoaderConfig, OFADataModule, TaskSource
+    from ofa.datamodules.negative_samples import derive_negatives
+    from ofa.lit_module import load_pretrained
+    from ofa.modules.model import OFAModel
+    from ofa.tasks.detection import DetectionConfig, DetectionTask
+    from ofa.tasks.pretrain import PretrainConfig, PretrainTask
+
+    negatives = derive_negatives([synthetic_shards["train"]]).write(tmp_path / "neg")
+    assert {"red circle", "blue square"} <= set((negatives / "object.txt").read_text().split("\n"))
+    tasks = {"pretrain": PretrainTask(tokenizer, PretrainConfig(image_size=32, max_image_size=32, sample_patch_num=2,
+                                                                neg_sample_dir=str(negatives))),
+             "detection": DetectionTask(tokenizer, DetectionConfig(image_size=32, max_image_size=32, conf=2.0))}
+    cfg = OFAConfig.from_preset("ofa_nano", vocab_size=len(tokenizer), **TINY)
+    module = OFALitModule(cfg, tasks, OptimConfig(lr=1e-3), ScheduleConfig(warmup_steps=1), ModuleConfig())
+    sources = [TaskSource(tasks["pretrain"], synthetic_shards["train"]),
+               TaskSource(tasks["detection"], synthetic_shards["train"], every=2)]
+    dm = OFADataModule(sources, LoaderConfig(batch_size=6, num_workers=0, batches_per_epoch=2, shuffle_buffer=8))
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert {"train/pretrain/loss", "train/detection/loss"} <= set(trainer.callback_metrics)
+    trainer.save_checkpoint(tmp_path / "pretrain.ckpt")
+
+    fine_tune = OFAModel(OFAConfig.from_preset("ofa_nano", vocab_size=len(tokenizer), **TINY))
+    load_pretrained(fine_tune, str(tmp_path / "pretrain.ckpt"))
+    trained = module.model.state_dict()
+    for key, value in fine_tune.state_dict().items():
+        torch.testing.assert_close(value, trained[key], msg=key)
