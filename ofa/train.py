@@ -15,9 +15,12 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ofa import factory
+from ofa.callbacks.preemption import EXIT_CODE, PreemptionCheckpoint, run_command
 from ofa.checkpoint_io import resolve_ckpt_path
 from ofa.datamodules.shards import check_shards
 from ofa.schemas import monitor_key, register_schemas
@@ -78,6 +81,12 @@ def wants_malloc_keep(accelerator: str) -> bool:
     return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
 
 
+def preemption_checkpoint(cfg: DictConfig) -> PreemptionCheckpoint:
+    """SIGTERM during fit: `last.ckpt` where `ckpt_path=last` finds it, and this run's command to resume."""
+    command = run_command(sys.argv[0], list(HydraConfig.get().overrides.task))
+    return PreemptionCheckpoint(Path(cfg.paths.output_dir) / "checkpoints", command)
+
+
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # absolute: the same files however this module is run
 
 
@@ -97,10 +106,14 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = factory.build_datamodule(cfg.data, tasks)
     module = factory.build_lit_module(cfg, tasks, tokenizer)
     logger = factory.build_logger(cfg.logger)
-    trainer = factory.build_trainer(cfg.trainer, logger, factory.build_callbacks(cfg.callbacks))
+    callbacks = [*factory.build_callbacks(cfg.callbacks), preemption_checkpoint(cfg)]
+    trainer = factory.build_trainer(cfg.trainer, logger, callbacks)
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    metrics = run_stage(cfg, trainer, module, datamodule)
+    try:
+        metrics = run_stage(cfg, trainer, module, datamodule)
+    except SIGTERMException:  # PreemptionCheckpoint saved last.ckpt and printed how to resume
+        sys.exit(EXIT_CODE)
     if trainer.is_global_zero:
         print(format_table(metrics))
         path = write_metrics_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")

@@ -1,4 +1,6 @@
-"""A run SIGKILLed mid-epoch and resumed with `ckpt_path=last` logs bitwise the same per-step training losses
+"""A run SIGTERMed at a random step saves `last.ckpt` at the step it reached, prints one line with the command to
+resume and exits with 143; that command continues it with bitwise the same per-step losses as an uninterrupted run.
+A run SIGKILLed mid-epoch and resumed with `ckpt_path=last` logs bitwise the same per-step training losses
 as an uninterrupted run of the same seed (model, optimizer, scheduler, RNG states and the position in the
 training stream all restored; dropout on, so the RNG states matter). Also as a 2-process CPU DDP run
 (`trainer=ddp_sim`, gloo): the whole process group is killed, and each rank must get back its own RNG states
@@ -9,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import random
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -170,3 +174,55 @@ def test_sigkill_and_resume_is_bitwise_exact_variants(synthetic_data_dir: Path, 
                                                       trainer: str, num_workers: int, plan: tuple[int, int]) -> None:
     check_exact_resume(synthetic_data_dir, tmp_path, reference_run(trainer, num_workers), num_workers=num_workers,
                        plan=plan, trainer=trainer)
+
+
+def train_until_sigterm(args: list[str], run_dir: Path, after_step: int) -> subprocess.CompletedProcess:
+    """Start train.py, SIGTERM it as soon as its log shows `after_step`, and let it end on its own."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while max(losses(run_dir), default=-1) < after_step:
+            assert proc.poll() is None, f"run ended (rc {proc.returncode}) before step {after_step}"
+            assert time.monotonic() < deadline, "timed out waiting for the run to reach the signal step"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def test_sigterm_saves_the_current_step_and_resume_is_bitwise_exact(synthetic_data_dir: Path, tmp_path: Path,
+                                                                   reference_run) -> None:
+    reference = reference_run("cpu", 0)  # started now, beside the interrupted run
+    steps = STEPS_PER_EPOCH * EPOCHS
+    signal_after = random.randrange(steps - 3)  # leaves steps to interrupt
+    first, second = tmp_path / "first", tmp_path / "second"
+    every = 100  # no step checkpoint: last.ckpt can only come from the SIGTERM
+    proc = train_until_sigterm(overrides(synthetic_data_dir, first, 0, every), first, signal_after)
+    note = f"SIGTERM after step {signal_after}"
+    assert proc.returncode == 143, (note, proc.stderr[-3000:])
+    ckpt = first / "checkpoints" / "last.ckpt"
+    saved_step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+    killed = losses(first)
+    assert saved_step == max(killed) + 1 > signal_after, (note, saved_step, sorted(killed))  # the step in flight ended
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("preempted")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    head, command = lines[0].split("; resume with: ")
+    assert head == f"preempted (SIGTERM) at step {saved_step}: saved {ckpt.resolve()}"
+    words = shlex.split(command)
+    assert words[:2] == ["python", str(ROOT / "train.py")] and words[-1] == f"ckpt_path={ckpt.resolve()}"
+    assert not list((first / "checkpoints").glob(".*.tmp")), "a temp checkpoint was left behind"
+
+    resumed_proc = run_command([sys.executable, *words[1:], f"hydra.run.dir={second}"], ROOT, env(), 600)
+    # ^ the printed command (its python: this one), in a run dir of the test's
+    assert resumed_proc.returncode == 0, resumed_proc.stderr[-3000:]
+    reference_losses, _ = reference.result()
+    resumed = losses(second)
+    assert sorted(resumed) == list(range(saved_step, steps)), (note, sorted(resumed))
+    assert {s: reference_losses[s] for s in resumed} == resumed, note  # bitwise
+    assert {s: reference_losses[s] for s in killed} == killed, note
+    print(f"{note}: saved step {saved_step}, exit status {proc.returncode}, resumed steps {saved_step}..{steps - 1} "
+          "equal to the uninterrupted run")

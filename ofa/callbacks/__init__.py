@@ -3,7 +3,8 @@
 - `CALLBACKS`: config key -> class of the platform's own configurable callbacks.
 - `LIGHTNING_CALLBACKS`: config key -> class of the Lightning callbacks the group can set.
 The callbacks config schema (`ofa.schemas.callbacks_schema`) has one optional, signature-typed field per key of
-both. `RNGStateCallback` is not configurable: `ofa.factory.build_trainer` always adds it (exact resumes).
+both. `RNGStateCallback` is not configurable: `ofa.factory.build_trainer` always adds it (exact resumes); nor is
+`PreemptionCheckpoint`: `ofa.train` always adds it (SIGTERM: last.ckpt at the current step, exit 143).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pytorch_lightning.callbacks import (EarlyStopping, LearningRateMonitor, Mod
                                          RichProgressBar, TQDMProgressBar)
 
 from ofa.callbacks.data_skips import DataSkipLogger
+from ofa.callbacks.preemption import PreemptionCheckpoint
 from ofa.callbacks.rng_state import RNGStateCallback
 from ofa.callbacks.throughput import ThroughputLogger
 
@@ -29,4 +31,5 @@ CALLBACKS: dict[str, type[pl.Callback]] = {
     "data_skips": DataSkipLogger,
 }
 
-__all__ = ["CALLBACKS", "LIGHTNING_CALLBACKS", "DataSkipLogger", "RNGStateCallback", "ThroughputLogger"]
+__all__ = ["CALLBACKS", "LIGHTNING_CALLBACKS", "DataSkipLogger", "PreemptionCheckpoint", "RNGStateCallback",
+           "ThroughputLogger"]
