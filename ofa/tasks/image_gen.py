@@ -14,6 +14,8 @@ world's own scorer), the best image scored: `clip` (its cosine with the caption,
 (`fid=judge`: on the judge's features; `fid=inception`: torch-fidelity's InceptionV3 from
 `inception_weights`) against the real images of the split. docs/IMAGE_EVAL.md says how each is computed.
 A grid of the first `grid_size` captions' best images goes to `image_dir` (and W&B) after each evaluation.
+Stage 2 (`task.scst.enabled`, spec §4.3): SCST with 5 sampled images per caption (top-k 256), reward
+`2.5 * cos(image, caption)` from the scorer, leave-one-out baseline (`ofa.tasks.scst`).
 """
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ from ofa.tasks.base import Sample, Task, TaskConfig
 from ofa.tasks.image_codes import (check_code_grid, code_grid, code_range, code_tokens, decode_codes,
                                    hypothesis_codes, load_tokenizer_model)
 from ofa.tasks.image_eval import ImageEvaluator, ScorerConfig, attributes_of, real_image
+from ofa.tasks.scst import ScstConfig, SelfCriticalLoss
+
+CLIP_REWARD_SCALE = 2.5  # OFA's clip_scst_reward_criterion
 
 
 def image_gen_generation() -> GenerationConfig:
@@ -37,6 +42,12 @@ def image_gen_generation() -> GenerationConfig:
     seed 42; the lengths follow the code grid (`ImageGenTask.generator`)."""
     return GenerationConfig(beam_size=24, sampling=True, sampling_topk=256, temperature=1.0, seed=42,
                             gen_code=True, return_all=True, min_len=1024, max_len_b=1024)
+
+
+def image_gen_scst() -> ScstConfig:
+    """OFA's stage 2: 5 samples per caption, top-k 256, temperature 1 (lengths follow the code grid)."""
+    return ScstConfig(candidates=5, generation=GenerationConfig(beam_size=5, sampling=True, sampling_topk=256,
+                                                                return_all=True, min_len=1024, max_len_b=1024))
 
 
 @dataclass
@@ -55,6 +66,7 @@ class ImageGenConfig(TaskConfig):
     image_dir: str | None = None  # grids of generated images per evaluation (None: not written)
     grid_size: int = 16
     generation: GenerationConfig = field(default_factory=image_gen_generation)
+    scst: ScstConfig = field(default_factory=image_gen_scst)  # stage 2: CLIP-reward SCST (needs vqgan, scorer)
 
 
 class ImageGenTask(Task):
@@ -101,12 +113,35 @@ class ImageGenTask(Task):
         if tokenizer.num_codes < 1:
             raise RunConfigError(f"{prefix}: the tokenizer has no <code_i> tokens")
 
+    # ---- SCST (stage 2) ----------------------------------------------------------------------
+    def training_criterion(self) -> SelfCriticalLoss | None:
+        if not self.cfg.scst.enabled:
+            return None
+        if not self.cfg.vqgan or self.cfg.scorer.kind == "none":
+            raise RunConfigError("task.scst.enabled for image_gen needs task.vqgan and a task.scorer")
+        self.code_generation(self.cfg.scst.generation)
+        tok = self.tokenizer
+        return SelfCriticalLoss(self.cfg.scst, self.clip_rewards, pad=tok.pad, bos=tok.bos, eos=tok.eos,
+                                constraint_range=self.constraint_range())
+
+    def clip_rewards(self, candidates: list[list[Tensor]], batch: dict[str, Any]) -> Tensor:
+        """`2.5 * cos(image, caption)` of every candidate's decoded image: (B, K)."""
+        codes = torch.stack([hypothesis_codes(c, self.tokenizer, self.num_codes) for row in candidates for c in row])
+        images = decode_codes(load_tokenizer_model(str(Path(self.cfg.vqgan).expanduser())), codes)  # (B*K, 3, H, W)
+        k = len(candidates[0])
+        captions = [m["caption"] for m in batch["meta"] for _ in range(k)]
+        return CLIP_REWARD_SCALE * self.evaluator.scorer().score(images, captions).cpu().view(len(candidates), k)
+
     # ---- evaluation side -------------------------------------------------------------------
-    def generator(self, model: nn.Module) -> Any:
-        """Sampling, every step a code (`gen_code`, the code range), exactly `num_codes` codes then `</s>`."""
-        gen = self.cfg.generation
+    def code_generation(self, gen: GenerationConfig) -> GenerationConfig:
+        """Every step a code (`gen_code`, the code range), exactly `num_codes` codes then `</s>`."""
         gen.constraint_range, gen.gen_code = code_range(self.tokenizer, self.cfg.vqgan), True
         gen.min_len, gen.max_len_a, gen.max_len_b = self.num_codes, 0.0, self.num_codes
+        return gen
+
+    def generator(self, model: nn.Module) -> Any:
+        """Sampling with `code_generation`'s lengths and range."""
+        self.code_generation(self.cfg.generation)
         return super().generator(model)
 
     def build_metrics(self) -> dict[str, Any]:

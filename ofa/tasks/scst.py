@@ -168,7 +168,8 @@ class SelfCriticalLoss:
         try:
             with torch.no_grad():
                 gen = SequenceGenerator(model, self.cfg.generation, pad=self.pad, bos=self.bos, eos=self.eos)
-                hyps = gen.generate(batch["src_tokens"], batch.get("patch_images"), batch.get("patch_masks"))
+                hyps = gen.generate(batch["src_tokens"], batch.get("patch_images"), batch.get("patch_masks"),
+                                    code_masks=batch.get("code_masks"))
         finally:
             model.train(was_training)
         return fill_candidates(hyps, self.cfg.candidates)
@@ -180,9 +181,8 @@ class SelfCriticalLoss:
         advantages = (rewards - leave_one_out_baseline(rewards)).flatten()  # (B*K,)
         prev, target = candidate_batch(cands, self.bos, self.pad)
         device, k = batch["src_tokens"].device, self.cfg.candidates
-        images, masks = batch.get("patch_images"), batch.get("patch_masks")
+        images, masks, code = (batch.get(key) for key in ("patch_images", "patch_masks", "code_masks"))
         logits = model(batch["src_tokens"].repeat_interleave(k, 0), prev.to(device),
-                       None if images is None else images.repeat_interleave(k, 0),
-                       None if masks is None else masks.repeat_interleave(k, 0))  # (B*K, T, V)
+                       *(None if x is None else x.repeat_interleave(k, 0) for x in (images, masks, code)))  # (B*K,T,V)
         out = policy_gradient_loss(logits, target.to(device), advantages.to(device), self.pad, self.constraint_range)
         return out, rewards

@@ -163,3 +163,49 @@ def test_scst_trains_through_lightning_with_ema(tokenizer, synthetic_shards, tmp
     assert trainer.global_step == 2 and "train/caption/reward" in trainer.callback_metrics
     params = dict(module.model.named_parameters())
     assert any(not torch.equal(v, params[n].float()) for n, v in module.ema.shadow.items())
+
+
+class ColourScorer:
+    """A stand-in CLIP: an image's embedding is its mean RGB, a text's is the RGB of the colour it names."""
+
+    COLOURS = {"red": (1.0, 0.0, 0.0), "blue": (0.0, 0.0, 1.0)}
+
+    def score(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        img = torch.nn.functional.normalize(images.float().mean((2, 3)), dim=-1)
+        txt = torch.tensor([next(v for k, v in self.COLOURS.items() if k in t) for t in texts])
+        return (img * torch.nn.functional.normalize(txt, dim=-1)).sum(-1)
+
+
+def test_image_gen_scst_rewards_are_scaled_clip_scores(tokenizer, tiny_vqgan_dir) -> None:
+    """Text-to-image stage 2 (spec §4.3): K sampled code grids per caption, decoded by the VQGAN, reward
+    2.5 * cos(image, caption); the teacher-forced candidates are code tokens + </s> with code positions."""
+    from ofa.datamodules.collate import collate
+    from ofa.modules.generation import GenerationConfig
+    from ofa.tasks.image_codes import decode_codes, load_tokenizer_model
+    from ofa.tasks.image_eval import ScorerConfig
+    from ofa.tasks.image_gen import ImageGenConfig, ImageGenTask
+
+    gen = GenerationConfig(beam_size=2, sampling=True, sampling_topk=8, return_all=True, seed=3)
+    task = ImageGenTask(tokenizer, ImageGenConfig(code_image_size=32, vqgan=str(tiny_vqgan_dir),
+                                                  scorer=ScorerConfig(kind="synthetic", path="unused"),
+                                                  scst=ScstConfig(enabled=True, candidates=2, generation=gen)))
+    task.evaluator._scorer = ColourScorer()
+    torch.manual_seed(0)
+    model = OFAModel(OFAConfig.from_preset("ofa_nano", vocab_size=len(tokenizer), code_image_size=32, d_model=32,
+                                           encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                                           decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)).train()
+    raws = [{"id": f"g{i}", "captions": [f"a {c} circle"], "codes": list(range(16))} for i, c in enumerate(["red", "blue"])]
+    batch = collate([task.preprocess(r, "train") for r in raws], tokenizer.pad)
+    loss_fn = task.training_criterion()
+    cands = loss_fn.candidates(model, batch)
+    start, end = task.constraint_range()
+    assert all(c.numel() == 17 and c[-1] == tokenizer.eos and bool(((c[:-1] >= start) & (c[:-1] < end)).all())
+               for row in cands for c in row)
+    out, rewards = loss_fn(model, batch)  # seeded sampling: the same candidates
+    codes = torch.stack([c[:-1] - start for row in cands for c in row])
+    images = decode_codes(load_tokenizer_model(str(tiny_vqgan_dir)), codes)
+    want = 2.5 * ColourScorer().score(images, ["a red circle"] * 2 + ["a blue circle"] * 2).view(2, 2)
+    torch.testing.assert_close(rewards, want)
+    assert out.ntokens == 4 * 17
+    out.loss.backward()
+    assert model.decoder.layers[0].fc1.weight.grad is not None
