@@ -228,3 +228,17 @@ def test_ema_weights_are_used_for_evaluation_only(tokenizer) -> None:
     assert torch.allclose(module.model.state_dict()[name], before[name] + 1.0)
     module.ema.restore(module.model)
     assert torch.equal(module.model.state_dict()[name], before[name])
+
+
+def test_bf16_mixed_precision_trains_and_evaluates_on_cpu(tokenizer, synthetic_shards, tmp_path: Path) -> None:
+    """`trainer.precision=bf16-mixed` (autocast on CPU): finite training losses and evaluation metrics."""
+    module = make_module(tokenizer)
+    dtypes = set()
+    module.configure_model()
+    module.model.register_forward_hook(lambda mod, args, out: dtypes.add(out.dtype))
+    trainer = fit(module, make_dm(module.tasks, synthetic_shards), tmp_path, precision="bf16-mixed")
+    assert trainer.global_step == 3 and dtypes == {torch.bfloat16}  # the logits of every forward
+    logged = trainer.callback_metrics
+    for key in ("train/loss", "val/caption/loss", "val/caption/cider", "val/caption/bleu4"):
+        assert key in logged and torch.isfinite(logged[key]), key
+    assert all(p.dtype == torch.float32 for p in module.parameters())  # bf16 compute, fp32 weights
