@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
                            else (torch.device(args.device), 0, 1))
     peak = peak_tflops(device, args.peak_tflops)
     results = {m: bench_model(m, args, device, world, peak, start + args.budget_s) for m in args.models}
-    meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    meta = {"device": name, "torch": torch.__version__,
             "world": world, "fsdp": args.fsdp, "src_len": args.src_len, "tgt_len": args.tgt_len, "peak_tflops": peak,
             "wall_s": time.monotonic() - start, "load": os.getloadavg()}
     if rank == 0:

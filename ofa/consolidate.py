@@ -43,7 +43,7 @@ def read_sharded(folder: Path) -> dict[str, Any]:
         shards = safe_torch_load(Path(tmp) / "full.pt")
     checkpoint = safe_torch_load(folder / META_FILE)
     optimizers = sorted((k for k in shards if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))
-    checkpoint["state_dict"] = shards["state_dict"]
+    checkpoint["state_dict"] = shards["state_dict"] if "state_dict" in shards else shards["model"]  # FSDP1: model
     checkpoint["optimizer_states"] = [torch_optimizer_state(shards[k]) for k in optimizers]
     return checkpoint
 

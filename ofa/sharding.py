@@ -30,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
+from ofa.errors import RunConfigError
 from ofa.modules.model import OFAModel
 from ofa.safe_load import safe_torch_load
 
@@ -87,8 +88,12 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     def shard_model(self, model: OFAModel) -> OFAModel:
         """Called by `OFALitModule.configure_model` on the freshly built (or `init_from`-loaded) model."""
+        ema = getattr(getattr(getattr(self.lightning_module, "cfg", None), "ema", None), "decay", 0.0)
+        if ema > 0:  # its shadow weights would be this rank's shards, saved by rank 0 alone
+            raise RunConfigError(f"module.ema.decay={ema}: the EMA of the weights is not supported with trainer=fsdp2 "
+                                 "(use trainer=ddp, or module.ema.decay=0)")
         if self._tensor_parallel_size != 1:
-            raise ValueError(f"trainer.strategy.tensor_parallel_size={self._tensor_parallel_size}: OFA has no "
+            raise RunConfigError(f"trainer.strategy.tensor_parallel_size={self._tensor_parallel_size}: OFA has no "
                              "tensor-parallel plan; FSDP2 shards over data_parallel_size only")
         return shard_model(model, self.device_mesh["data_parallel"], self.reshard_after_forward, self.mp_policy)
 

@@ -171,9 +171,11 @@ def test_fsdp2_losses_equal_the_replicated_run(fsdp2_runs: dict[str, Path]) -> N
 @pytest.mark.slow
 def test_fsdp2_killed_and_resumed_from_its_sharded_checkpoint(fsdp2_runs: dict[str, Path]) -> None:
     folder = fsdp2_runs["killed"] / "checkpoints" / "last.ckpt"
-    assert torch.load(folder / "meta.pt", weights_only=True)["global_step"] == KILL_AFTER // EVERY * EVERY
+    saved = torch.load(folder / "meta.pt", weights_only=True)["global_step"]
+    assert saved in (KILL_AFTER // EVERY * EVERY, KILL_AFTER // EVERY * EVERY + EVERY)  # the kill may lag a step
+    assert folder.is_symlink() and not [p for p in folder.parent.iterdir() if p.name.startswith(".last.ckpt.link")]
     reference, resumed = losses(fsdp2_runs["fsdp2"]), losses(fsdp2_runs["resumed"])
-    assert sorted(resumed) == list(range(KILL_AFTER // EVERY * EVERY, STEPS_PER_EPOCH * EPOCHS))
+    assert sorted(resumed) == list(range(saved, STEPS_PER_EPOCH * EPOCHS))
     for step, loss in resumed.items():
         assert loss == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
 
