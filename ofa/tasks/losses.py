@@ -73,7 +73,7 @@ def label_smoothed_cross_entropy(
     if masks is not None:
         logits = logits.masked_fill(~masks, float("-inf"))
     if constraint_range is not None:
-        logits = _mask_outside_range(logits, *constraint_range)
+        logits = mask_outside_range(logits, *constraint_range)
     lprobs = F.log_softmax(logits.float(), dim=-1)
     if conf is not None:
         lprobs = lprobs * conf.to(lprobs)[:, None].expand_as(keep)[keep][:, None]
@@ -103,7 +103,8 @@ def encouraging_bonus(lprobs: Tensor, target: Tensor, epsilon: float, log_end: f
     return (1.0 - epsilon) * on_target + epsilon / lprobs.size(-1) * bonus.sum()
 
 
-def _mask_outside_range(logits: Tensor, start: int, end: int) -> Tensor:
+def mask_outside_range(logits: Tensor, start: int, end: int) -> Tensor:
+    """(N, V) logits with -inf outside the 4 specials and [start, end) (OFA's `--constraint-range`)."""
     logits = logits.clone()
     logits[:, N_SPECIALS:start] = float("-inf")
     logits[:, end:] = float("-inf")

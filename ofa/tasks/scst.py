@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ofa.modules.generation import GenerationConfig, SequenceGenerator
-from ofa.tasks.losses import LossOutput
+from ofa.tasks.losses import LossOutput, mask_outside_range
 from ofa.tasks.text import strip_punctuation
 
 RewardFn = Callable[[list[list[Tensor]], dict[str, Any]], Tensor]  # candidates (B x K), batch -> (B, K)
@@ -129,9 +129,7 @@ def policy_gradient_loss(logits: Tensor, target: Tensor, advantages: Tensor, pad
                          constraint_range: tuple[int, int] | None = None) -> LossOutput:
     """`-sum log p(target) * advantage` over non-pad tokens: logits (N,T,V), target (N,T), advantages (N,)."""
     if constraint_range is not None:
-        from ofa.tasks.losses import _mask_outside_range
-
-        logits = _mask_outside_range(logits.flatten(0, 1), *constraint_range).view_as(logits)
+        logits = mask_outside_range(logits.flatten(0, 1), *constraint_range).view_as(logits)
     lp = F.log_softmax(logits.float(), -1).gather(-1, target[..., None]).squeeze(-1)  # (N, T)
     keep = target.ne(pad)
     weighted = -(lp * advantages.to(lp)[:, None]).masked_fill(~keep, 0.0)
