@@ -65,6 +65,19 @@ class EMAConfig:
 
 
 @dataclass
+class CompileConfig:
+    """`torch.compile` of the model's forward (training and the evaluation loss; beam search calls the encoder
+    and decoder directly and stays eager). Compiled in place (`nn.Module.compile`), so parameter names and
+    checkpoint keys carry no `_orig_mod.`. The other keys are `torch.compile`'s arguments."""
+
+    enabled: bool = False
+    backend: str = "inductor"  # "aot_eager": no code generation (checks that a model traces)
+    mode: str | None = None  # None (default) | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    dynamic: bool | None = None  # None: recompile once a shape varies, then dynamic shapes
+    fullgraph: bool = False
+
+
+@dataclass
 class ModuleConfig:
     """Options of `OFALitModule` beyond model, tasks and optimiser (`module:` in train.yaml)."""
 
@@ -75,6 +88,7 @@ class ModuleConfig:
     log_samples: int = 8  # rows of the W&B prediction table per task and evaluation
     max_nonfinite_steps: int = 10  # stop after this many non-finite steps in a row (each is skipped); 0 = never
     debug_nan_steps: list[int] = field(default_factory=list)  # debug: make the loss NaN at these global steps
+    compile: CompileConfig = field(default_factory=CompileConfig)
 
 
 class OFALitModule(pl.LightningModule):
@@ -114,6 +128,9 @@ class OFALitModule(pl.LightningModule):
             self.model = strategy.shard_model(self.model)
         if self.cfg.ema.decay > 0:
             self.ema = EMA(self.model, self.cfg.ema.decay, self.cfg.ema.start_step)
+        if self.cfg.compile.enabled:  # last (after any sharding); in place: the parameter names stay
+            c = self.cfg.compile
+            self.model.compile(backend=c.backend, mode=c.mode, dynamic=c.dynamic, fullgraph=c.fullgraph)
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         patches = batch.get("sample_patch_num") if self.training else None  # pretraining: random patches

@@ -242,3 +242,32 @@ def test_bf16_mixed_precision_trains_and_evaluates_on_cpu(tokenizer, synthetic_s
     for key in ("train/loss", "val/caption/loss", "val/caption/cider", "val/caption/bleu4"):
         assert key in logged and torch.isfinite(logged[key]), key
     assert all(p.dtype == torch.float32 for p in module.parameters())  # bf16 compute, fp32 weights
+
+
+def test_compiled_model_trains_like_eager_and_keeps_checkpoint_keys(tokenizer, synthetic_shards,
+                                                                     tmp_path: Path) -> None:
+    """`module.compile.enabled=true`: the forward goes through TorchDynamo (backend `eager` here: the traced
+    graphs run as they are, no code generation; inductor is measured in experiments/README.md); the loss and
+    the weights after an update equal the eager run's, and the saved state dict has the eager keys (no
+    `_orig_mod.`) and loads into an eager module."""
+    from ofa.lit_module import CompileConfig
+
+    torch._dynamo.reset()
+    losses, states = {}, {}
+    for name, cfg in (("eager", CompileConfig()), ("compiled", CompileConfig(enabled=True, backend="eager"))):
+        torch.manual_seed(0)
+        module = make_module(tokenizer, compile=cfg)
+        trainer = fit(module, make_dm(module.tasks, synthetic_shards), tmp_path / name, max_steps=1,
+                      limit_val_batches=0)
+        losses[name] = trainer.callback_metrics["train/loss"].item()
+        trainer.save_checkpoint(tmp_path / f"{name}.ckpt", weights_only=True)
+        states[name] = torch.load(tmp_path / f"{name}.ckpt", weights_only=True)["state_dict"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the compiled run traced graphs
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-6)
+    assert states["compiled"].keys() == states["eager"].keys()
+    assert not any("_orig_mod" in k for k in states["compiled"])
+    for key, value in states["eager"].items():
+        torch.testing.assert_close(states["compiled"][key], value, rtol=1e-5, atol=1e-6)
+    eager = make_module(tokenizer)
+    eager.configure_model()
+    eager.load_state_dict(states["compiled"])
