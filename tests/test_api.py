@@ -176,10 +176,12 @@ def test_a_run_checkpoint_takes_its_task_settings_from_the_run_config(tmp_path) 
     (run / ".hydra" / "config.yaml").write_text(
         "data: {root: data}\ntask:\n  name: mixture\n  image_size: 64\n  tasks:\n"
         "    vqa: {name: vqa, monitor: score, image_size: '${task.image_size}', answers_file: '${data.root}/answers.json'}\n"
-        "    grounding: {name: grounding, image_size: 48, max_image_size: '${.image_size}'}\n")
+        "    grounding: {name: grounding, image_size: 48, max_image_size: '${.image_size}'}\n"
+        "    caption: {name: caption, prompt: '${hydra:runtime.choices.model}', max_tgt_length: 7}\n")
     (run / ".hydra" / "hydra.yaml").write_text(f"hydra: {{runtime: {{cwd: {tmp_path}}}}}\n")
     assert settings_of_run(run / ".hydra" / "config.yaml") == {
-        "vqa": {"image_size": 64, "answers": ["yes", "no"]}, "grounding": {"image_size": 48, "max_image_size": 48}}
+        "vqa": {"image_size": 64, "answers": ["yes", "no"]}, "grounding": {"image_size": 48, "max_image_size": 48},
+        "caption": {"max_tgt_length": 7}}  # a value of the training process (hydra:) is left to the default
 
 
 def test_bad_paths_are_named(tmp_path, trained_nano) -> None:

@@ -77,17 +77,26 @@ def load_task_settings(ckpt: Checkpoint) -> dict[str, dict]:
 
 
 def settings_of_run(config_path: Path) -> dict[str, dict]:
-    """Task settings from a run's composed Hydra config: each task node's config fields, resolved, with
-    relative paths taken from the run's working directory and candidate files read into inline lists."""
+    """Task settings from a run's composed Hydra config: each task node's config fields, resolved (a key
+    whose value needs the training process, e.g. `${hydra:...}`, is left to the task's default), relative
+    paths taken from the run's working directory and candidate files read into inline lists."""
     cfg = OmegaConf.load(config_path)
     hydra_path = config_path.parent / "hydra.yaml"
     cwd = Path(OmegaConf.load(hydra_path).hydra.runtime.cwd) if hydra_path.is_file() else Path.cwd()
-    try:
-        task = OmegaConf.to_container(cfg.task, resolve=True)
-    except Exception as err:  # an interpolation that needs the training process (env, missing keys)
-        raise CheckpointError(f"{config_path}: cannot resolve the run's task config ({err})") from None
-    nodes = task.get("tasks") or {task.get("name"): task}
-    return {name: task_fields(name, node, cwd) for name, node in nodes.items() if name in TASKS}
+    nodes = cfg.task.get("tasks") or {cfg.task.get("name"): cfg.task}
+    return {name: task_fields(name, resolved(node), cwd) for name, node in nodes.items() if name in TASKS}
+
+
+def resolved(node: Any) -> dict[str, Any]:
+    """The keys of a config node that resolve here, as plain values."""
+    out = {}
+    for key in node:
+        try:
+            value = node[key]
+            out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        except Exception:  # an interpolation of the training process (hydra:..., a missing env variable)
+            continue
+    return out
 
 
 def task_fields(name: str, node: dict[str, Any], cwd: Path) -> dict[str, Any]:
