@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 
 from ofa.modules.config import OFAConfig
@@ -332,10 +333,18 @@ class OFALitModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- optimisation and checkpoints
     def configure_optimizers(self) -> dict:
-        optimizer = build_optimizer(self.model, self.optim_cfg)
+        optimizer = build_optimizer(self.model, self.optimizer_config())
         scheduler = build_scheduler(optimizer, self.schedule_cfg, int(self.trainer.estimated_stepping_batches),
                                     self.optim_cfg.lr_scale_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimizer_config(self) -> OptimConfig:
+        """`optim` with the fused AdamW kernel's auto choice (`fused: null`) turned off under Lightning's mixed
+        precision with gradient clipping, which Lightning refuses with a fused optimizer (bf16-mixed on CPUs)."""
+        mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
+        if self.optim_cfg.fused is None and mixed and self.trainer.gradient_clip_val:
+            return replace(self.optim_cfg, fused=False)
+        return self.optim_cfg
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Besides Lightning's state: what rebuilds the model from this file alone (`checkpoint["ofa"]`:
