@@ -166,6 +166,8 @@ def run(args: argparse.Namespace, out: TextIO, errors: TextIO) -> tuple[int, int
     items = read_inputs(args.inputs, args.text)
     if not args.inputs and args.task == "text_to_image" and args.text:
         items = [Item(0, None, args.text)]  # a prompt alone is the one input
+    if args.task == "text_to_image" and not args.draw:
+        raise ValueError("--task text_to_image writes images: give --draw DIR")
     missing_text = [i for i in items if args.task in NEEDS_TEXT and not i.text]
     if missing_text:
         raise ValueError(f"--task {args.task} needs a text per input (--text or a JSONL 'text'); "

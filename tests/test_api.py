@@ -126,6 +126,8 @@ def test_high_level_calls_answer_in_the_world_form(trained_nano, model, images) 
     labels = trained_nano.settings["image_classify"]["classes"]
     assert all(c in labels for c in model.classify(images))
     assert model.classify(images[0], labels=["red circle", "blue square"]) in ("red circle", "blue square")
+    with pytest.raises(ValueError, match="classify needs labels="):
+        OFA(model.model, model.tokenizer, {}, device="cpu").classify(images[0])
 
     assert isinstance(model.generate(images[0], "what does the image describe?"), str)
     assert len(model.generate(None, ["what is red?", "what is blue?"], beam_size=1, max_len_b=4)) == 2

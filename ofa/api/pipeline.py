@@ -163,7 +163,10 @@ class OFA:
         pics, single = as_list(images)
         settings = {"classes": list(labels)} if labels is not None else {}
         task = self.task("image_classify", **settings)
-        first = task.candidates.answers[0]  # the classes exist (raises a clear error otherwise)
+        try:
+            first = task.candidates.answers[0]
+        except ValueError:
+            raise ValueError("classify needs labels=[...]: the checkpoint carries no classes") from None
         raws = [{"id": str(i), "image": to_image(p), "label": first} for i, p in enumerate(pics)]
         out = self._run(task, raws, lambda b: task.predict(self.model, b))
         return out[0] if single else out
