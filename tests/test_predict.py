@@ -2,7 +2,6 @@
 (the LightningModule's predict_step), with the trained ofa_nano of tests/trained_nano.py."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -10,13 +9,12 @@ import pytest
 import pytorch_lightning as pl
 from PIL import Image
 
+from ofa.checkpoint import read_checkpoint
 from ofa.datamodules.datamodule import LoaderConfig, OFADataModule, TaskSource
 from ofa.datamodules.synthetic import SyntheticConfig, make_sample
 from ofa.lit_module import OFALitModule
 from ofa.predict import main
 from ofa.safe_load import safe_torch_load
-from ofa.checkpoint import read_checkpoint
-from ofa.modules.config import OFAConfig
 from ofa.tokenizer import build_tokenizer
 from ofa.utils.optim import OptimConfig, ScheduleConfig
 from trained_nano import build_tasks
