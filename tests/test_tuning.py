@@ -10,6 +10,7 @@ import torch
 from ofa.checkpoint import load_model, read_checkpoint, save_platform
 from ofa.lit_module import EMAConfig, ModuleConfig, OFALitModule, load_pretrained
 from ofa.modules.config import OFAConfig
+from ofa.modules.generation import GenerationConfig, SequenceGenerator
 from ofa.modules.model import OFAModel
 from ofa.tuning import TuningConfig, freeze_for_tuning, is_tuned, parameter_report, tuned_config
 from ofa.utils.optim import OptimConfig, ScheduleConfig, build_optimizer
@@ -117,6 +118,15 @@ def test_incremental_decoding_with_prompts_and_adapters_equals_full(base_dir) ->
         cache = model.new_cache()
         steps = [model.decode(batch["prev_output_tokens"][:, :t], enc, cache=cache) for t in range(1, 5)]
     torch.testing.assert_close(torch.cat(steps, 1), full[:, :4], atol=1e-5, rtol=1e-4)
+    gen = SequenceGenerator(model, GenerationConfig(beam_size=3, max_len_b=5), pad=1, bos=0, eos=2)
+    hyps = gen.generate(batch["src_tokens"], batch["patch_images"], batch["patch_masks"])  # beams share prompts
+    for i, sample in enumerate(hyps):
+        best = sample[0]
+        prev = torch.cat([torch.tensor([0]), best.tokens[:-1]])[None]
+        with torch.no_grad():  # the beam's scores are the teacher-forced log-probs of its tokens
+            enc1 = model.encode(batch["src_tokens"][i:i + 1], batch["patch_images"][i:i + 1], batch["patch_masks"][i:i + 1])
+            lp = model.decode(prev, enc1).log_softmax(-1)[0].gather(-1, best.tokens[:, None]).squeeze(-1)
+        torch.testing.assert_close(lp, best.positional_scores, atol=1e-4, rtol=1e-4)
 
 
 def test_parameter_report_counts_the_tied_embedding_once(base_dir) -> None:
