@@ -83,7 +83,8 @@ def wants_malloc_keep(accelerator: str) -> bool:
 
 def preemption_checkpoint(cfg: DictConfig) -> PreemptionCheckpoint:
     """SIGTERM during fit: `last.ckpt` where `ckpt_path=last` finds it, and this run's command to resume."""
-    command = run_command(sys.argv[0], list(HydraConfig.get().overrides.task))
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
+    command = run_command(sys.argv[0], overrides)
     return PreemptionCheckpoint(Path(cfg.paths.output_dir) / "checkpoints", command)
 
 
