@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # OFA's claim at small scale (experiments/README.md, "Pretraining on the synthetic world"): fine-tune ofa_nano from a
 # pretrain_nano_synthetic checkpoint and from random weights, same steps, data, optimiser and seed, on grounding,
-# classification, VQA and captioning (64-pixel images, as the pretraining), then print the test metrics.
+# classification, VQA and captioning (64-pixel images, as the pretraining) or a language task, then print the test
+# metrics.
 #   experiments/pretrain_claim.sh outputs/pretrain_nano_synthetic/<run>/checkpoints/last.ckpt [STEPS] [TASKS...]
 # Each run takes the heavy-run lock (/tmp/ofa_heavy.lock) of the shared machine; runs land in outputs/claim_<task>_<init>.
 set -euo pipefail
@@ -15,6 +16,8 @@ cd "$(dirname "$0")/.."
 for task in "${TASKS[@]}"; do
   extra=()
   [[ $task == caption ]] && extra+=(task.meteor=false)
+  # a language task reads its text world with the pretraining's vocabulary (both arms), so token ids mean the same
+  [[ $task =~ ^(cola|sst2|mnli|rte|qnli|mrpc|qqp|gigaword)$ ]] && extra+=(tokenizer.path=data/synthetic/tokenizer.json)
   for init in pretrained scratch; do
     from=$([[ $init == pretrained ]] && echo "$CKPT" || echo null)
     dir=outputs/claim_${task}_${init}
