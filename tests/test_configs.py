@@ -272,7 +272,7 @@ def test_checkpoint_mode_follows_the_monitor(synthetic_data_dir: Path, tmp_path:
                        tmp_path).callbacks.model_checkpoint.mode == "max"
 
 
-@pytest.mark.parametrize("size", ["tiny", "medium", "base", "large", "huge"])
+@pytest.mark.parametrize("size", ["tiny", "huge"])  # 384 and 480 pixels; every preset composes with ddp above
 def test_pretrain_presets_follow_ofas_scripts_with_ddp_or_fsdp(size: str, tmp_path: Path) -> None:
     for trainer in ("fsdp",):  # their default trainer=ddp composes in test_option_composes_and_resolves
         cfg = compose_cfg([f"experiment=pretrain_{size}", f"trainer={trainer}"], tmp_path)
