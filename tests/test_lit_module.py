@@ -246,6 +246,7 @@ def test_bf16_mixed_precision_trains_and_evaluates_on_cpu(tokenizer, synthetic_s
     assert all(p.dtype == torch.float32 for p in module.parameters())  # bf16 compute, fp32 weights
 
 
+@pytest.mark.slow  # TorchDynamo traces the model: ~10 s
 def test_compiled_model_trains_like_eager_and_keeps_checkpoint_keys(tokenizer, synthetic_shards,
                                                                      tmp_path: Path) -> None:
     """`module.compile.enabled=true`: the forward goes through TorchDynamo (backend `eager` here: the traced

@@ -194,6 +194,7 @@ def train_until_sigterm(args: list[str], run_dir: Path, after_step: int) -> subp
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+@pytest.mark.slow  # two train.py runs (+ the shared reference): ~20 s
 def test_sigterm_saves_the_current_step_and_resume_is_bitwise_exact(synthetic_data_dir: Path, tmp_path: Path,
                                                                    reference_run) -> None:
     reference = reference_run("cpu", 0)  # started now, beside the interrupted run
