@@ -4,8 +4,10 @@
 # classification, VQA and captioning (64-pixel images, as the pretraining) or a language task, then print the test
 # metrics.
 #   experiments/pretrain_claim.sh outputs/pretrain_nano_synthetic/<run>/checkpoints/last.ckpt [STEPS] [TASKS...]
-# Each run takes the heavy-run lock (/tmp/ofa_heavy.lock) of the shared machine; runs land in outputs/claim_<task>_<init>.
+# The whole set runs under the heavy-run lock of the shared machine (/tmp/ofa_heavy.lock, taken once: one wait, not
+# one per run); runs land in outputs/claim_<task>_<init>, their logs beside them.
 set -euo pipefail
+[[ -z ${CLAIM_LOCKED:-} ]] && exec env CLAIM_LOCKED=1 flock /tmp/ofa_heavy.lock "$0" "$@"
 CKPT=${1:?usage: pretrain_claim.sh PRETRAIN_CKPT [STEPS] [TASKS...]}
 STEPS=${2:-300}
 shift $(( $# > 1 ? 2 : 1 ))
@@ -22,7 +24,7 @@ for task in "${TASKS[@]}"; do
     from=$([[ $init == pretrained ]] && echo "$CKPT" || echo null)
     dir=outputs/claim_${task}_${init}
     start=$(date +%s); load=$(cut -d' ' -f1 /proc/loadavg)
-    flock /tmp/ofa_heavy.lock .venv/bin/python train.py task="$task" task.image_size=64 "${extra[@]}" \
+    .venv/bin/python train.py task="$task" task.image_size=64 "${extra[@]}" \
       init_from="$from" logger=csv trainer.enable_progress_bar=false data.batches_per_epoch=$((STEPS / 3)) \
       trainer.max_epochs=3 trainer.check_val_every_n_epoch=3 hydra.run.dir="$dir" run_name="claim_${task}_${init}" \
       > "$dir.log" 2>&1 || { echo "$task $init failed: $dir.log"; continue; }
