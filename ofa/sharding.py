@@ -121,7 +121,11 @@ class FSDP2Strategy(ModelParallelStrategy):
         state = {"state_dict": get_model_state_dict(self.model)}
         dcp.load(state, checkpoint_id=path)
         self.model.load_state_dict(state["state_dict"], strict=self.lightning_module.strict_loading)
-        if self.lightning_module.trainer.state.fn == TrainerFn.FITTING:
+        trainer = self.lightning_module.trainer
+        if trainer.state.fn == TrainerFn.FITTING:
+            # restored after setup, where configure_optimizers (estimated_stepping_batches) already built the train
+            # loader, before the datamodule got its position back: have the fit loop build it again
+            trainer.fit_loop._combined_loader = None
             partial = dcp.DefaultLoadPlanner(allow_partial_load=True)
             for i, optimizer in enumerate(self.optimizers):
                 optim = {f"optimizer_{i}": get_optimizer_state_dict(self.model, optimizer)}
