@@ -13,9 +13,14 @@ search), and how much memory, for ofa_nano ... ofa_huge at OFA's image sizes?
 - computed (every size): parameters (counted on the meta device), fp32 / fp16 weight bytes, and the
   activation estimate `act_est` of one batch-1 call: the largest ResNet stage-1 maps (3 tensors of 256 x
   (S/4)^2), one encoder layer's attention scores (2 x heads x L^2) and FFN hidden (L x ffn), with L = (S/16)^2
-  + 16 text tokens, plus the decoder's cache (layers x beam x (L + 17) x 2 x d), in fp32.
+  + 16 text tokens, plus the decoder's cache (layers x beam x (L + 17) x 2 x d), in fp32; and `macs`, the
+  multiply-accumulates of one batch-1 call: ResNet stages 1-3 (torchvision's per-stage counts at 224 pixels,
+  scaled by (S/224)^2), the encoder over L tokens, the decoder's 17 positions x 5 beams (self-, cross-attention,
+  FFN, output projection over the vocabulary) and the cross-attention keys/values. Sizes not measured get
+  `est_seconds` = the largest measured size's time at that image size x the ratio of their `macs`.
 
-    flock /tmp/ofa_heavy.lock .venv/bin/python experiments/bench_inference.py > bench_inference.json
+    flock /tmp/ofa_heavy.lock .venv/bin/python experiments/bench_inference.py > bench_inference.jsonl
+    .venv/bin/python experiments/bench_inference.py --table bench_inference.jsonl   # the docs/API.md table
 """
 from __future__ import annotations
 
@@ -37,6 +42,11 @@ OFA_VOCAB = 59457
 TEXT_TOKENS, CAPTION_TOKENS, BEAM = 16, 16, 5
 
 
+# GMACs of a 224-pixel image through the stem + stages 1-3 that OFA keeps: torchvision's whole-network
+# counts (1.82, 4.11, 7.83, 11.56) less stage 4 (about 0.46 for resnet18, 0.81 for the bottleneck nets)
+RESNET_GMACS_224 = {"resnet18": 1.36, "resnet50": 3.3, "resnet101": 7.0, "resnet152": 10.75}
+
+
 def config(size: str) -> OFAConfig:
     return OFAConfig.from_preset(size, vocab_size=OFA_VOCAB)
 
@@ -51,7 +61,38 @@ def computed(size: str, image_size: int) -> dict:
     encoder = 2 * cfg.encoder_attention_heads * tokens**2 + tokens * cfg.encoder_ffn_dim
     cache = cfg.decoder_layers * BEAM * (tokens + CAPTION_TOKENS + 1) * 2 * cfg.d_model
     return {"params": params, "fp32_bytes": 4 * params, "fp16_bytes": 2 * params,
-            "act_est_bytes": 4 * (max(resnet, encoder) + cache)}
+            "act_est_bytes": 4 * (max(resnet, encoder) + cache), "macs": macs(cfg, image_size)}
+
+
+def macs(cfg: OFAConfig, image_size: int) -> float:
+    """Multiply-accumulates of one batch-1 caption call (module docstring)."""
+    d, f, v = cfg.d_model, cfg.encoder_ffn_dim, cfg.vocab_size
+    tokens, steps = (image_size // 16) ** 2 + TEXT_TOKENS, CAPTION_TOKENS + 1
+    scale = 0.6 if cfg.resnet_layers == [1, 1, 1] else 1.0  # ofa_nano: one block per stage
+    resnet = RESNET_GMACS_224[cfg.resnet_type] * 1e9 * scale * (image_size / 224) ** 2
+    encoder = cfg.encoder_layers * tokens * (4 * d * d + 2 * d * f + 2 * tokens * d)
+    per_row = cfg.decoder_layers * (6 * d * d + d * steps + 2 * tokens * d + 2 * d * cfg.decoder_ffn_dim) + d * v
+    cross_kv = cfg.decoder_layers * tokens * 2 * d * d
+    return resnet + encoder + BEAM * steps * per_row + cross_kv
+
+
+def table(path: str) -> str:
+    """The markdown table of docs/API.md from this script's JSON lines."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    timed = {r["image_size"]: r for r in rows if "seconds" in r}  # the last (largest) measured size per image size
+    mb = 2**20
+    out = ["| size | params | weights fp32 / fp16 | image | seconds per image | memory | activations (computed) |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "seconds" in r:
+            sec, mem = f"{r['seconds']:.2f} (measured)", f"{r['added_bytes'] / mb:,.0f} MB (measured)"
+        else:
+            ref = timed[r["image_size"]]
+            sec = f"≈ {ref['seconds'] * r['macs'] / ref['macs']:.0f} (computed)"
+            mem = f"≈ {(r['fp32_bytes'] + r['act_est_bytes']) / mb:,.0f} MB (computed)"
+        out.append(f"| {r['size']} | {r['params'] / 1e6:.0f} M | {r['fp32_bytes'] / mb:,.0f} / {r['fp16_bytes'] / mb:,.0f}"
+                   f" MB | {r['image_size']} | {sec} | {mem} | {r['act_est_bytes'] / mb:,.0f} MB |")
+    return "\n".join(out)
 
 
 def rss_bytes() -> int:
@@ -107,8 +148,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--table", metavar="JSONL", help="print the markdown table of a finished run")
     parser.add_argument("--one", nargs=2, metavar=("SIZE", "IMAGE_SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
     if args.one:  # the child process of one measurement
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.batch, args.repeat, args.threads)))
         return
