@@ -95,9 +95,7 @@ def image_text_transform(image_size: int, mean: Sequence[float], std: Sequence[f
     """Caption / VQA training transform: `fn(image) -> (3, S, S)`."""
     def apply(image: Image.Image) -> Tensor:
         pixels, _ = _random_resize(image, None, image_size)
-        pixels = F.center_crop(pixels, [image_size, image_size])
-        if pixels.shape[-2:] != (image_size, image_size):  # a side shorter than S cannot happen, but be safe
-            pixels = F.resize(pixels, [image_size, image_size], antialias=True)
+        pixels = F.center_crop(pixels, [image_size, image_size])  # pads (as OFA's) a side capped below S
         return _normalise(augment(pixels), mean, std)
     return apply
 
