@@ -145,7 +145,7 @@ def load_images(items: list[Item], errors: TextIO, task: str) -> tuple[list[Item
     for item in items:
         if item.image is None:
             if task not in ("text_to_image", "generate"):
-                print(f"ofa-predict: skipped input {item.index}: no image", file=errors)
+                tqdm.write(f"ofa-predict: skipped input {item.index}: no image", file=errors)
                 continue
             kept.append(item)
             images.append(None)
@@ -154,7 +154,7 @@ def load_images(items: list[Item], errors: TextIO, task: str) -> tuple[list[Item
             images.append(to_image(item.image))
             kept.append(item)
         except (OSError, ValueError) as err:  # missing, corrupt or not an image (PIL raises OSError subclasses)
-            print(f"ofa-predict: skipped {item.image}: {type(err).__name__}: {err}", file=errors)
+            tqdm.write(f"ofa-predict: skipped {item.image}: {type(err).__name__}: {err}", file=errors)
     return kept, images
 
 
