@@ -14,6 +14,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@command -v java >/dev/null || echo "warning: java not found; METEOR and the PTB tokenizer of pycocoevalcap need Java (apt-get install -y openjdk-17-jre-headless)"
+	@command -v chromedriver >/dev/null || echo "warning: chromedriver not found; the demo's browser test will skip (apt-get install -y chromium chromium-driver)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
