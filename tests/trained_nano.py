@@ -3,7 +3,7 @@ by the API, `ofa-predict` and demo tests through the `trained_nano` fixture (tes
 
 `train_nano(data_dir, out)` fits it with Lightning (`OFALitModule` + `OFADataModule`, the training code path)
 and returns a `TrainedNano`: the run's `last.ckpt` (a platform `.ckpt` with its model/tokenizer record) and a
-`save_pretrained` folder carrying the task settings it was trained with (64-pixel images, the world's
+`save_pretrained` folder carrying the task settings it was trained with (32-pixel images, the world's
 answers and classes). About 100 steps: the answers have the world's form (captions of colour/shape words,
 boxes inside the image), not its truth.
 """
