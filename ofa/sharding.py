@@ -27,6 +27,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
@@ -112,27 +113,58 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.barrier()
 
     def load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None = None) -> dict[str, Any]:
-        """A sharded folder: weights, then (when fitting) the optimizer state, each rank reading its shards;
-        parameters that never had a gradient (e.g. the image-code embeddings of a caption run) have no Adam
-        state, which Lightning's strict loader refuses. The rest (`meta.pt`) read with the safe loader."""
+        """A sharded folder (each rank reads its shards) or one `.ckpt` file (read whole by every rank, with the
+        safe loader): the weights, then (when fitting) the optimizer state. Parameters that never had a gradient
+        (e.g. the image-code embeddings of a caption run) have no Adam state, which Lightning's strict loader
+        refuses and this one accepts. Returns the rest (`meta.pt` of a folder)."""
         path = Path(self.broadcast(str(checkpoint_path)))
+        fitting = rebuild_train_loader(self.lightning_module.trainer)
         if not is_sharded_checkpoint(path):
-            return super().load_checkpoint(path, weights_only)
+            return self._load_full_checkpoint(path, fitting)
         state = {"state_dict": get_model_state_dict(self.model)}
         dcp.load(state, checkpoint_id=path)
         self.model.load_state_dict(state["state_dict"], strict=self.lightning_module.strict_loading)
-        trainer = self.lightning_module.trainer
-        if trainer.state.fn == TrainerFn.FITTING:
-            # restored after setup, where configure_optimizers (estimated_stepping_batches) already built the train
-            # loader, before the datamodule got its position back: have the fit loop build it again
-            trainer.fit_loop._combined_loader = None
-            partial = dcp.DefaultLoadPlanner(allow_partial_load=True)
-            for i, optimizer in enumerate(self.optimizers):
-                optim = {f"optimizer_{i}": get_optimizer_state_dict(self.model, optimizer)}
-                dcp.load(optim, checkpoint_id=path, planner=partial)
-                set_optimizer_state_dict(self.model, optimizer, optim[f"optimizer_{i}"],
-                                         options=StateDictOptions(strict=False))
+        partial = dcp.DefaultLoadPlanner(allow_partial_load=True)
+        for i, optimizer in enumerate(self.optimizers if fitting else []):
+            optim = {f"optimizer_{i}": get_optimizer_state_dict(self.model, optimizer)}
+            dcp.load(optim, checkpoint_id=path, planner=partial)
+            set_optimizer_state_dict(self.model, optimizer, optim[f"optimizer_{i}"],
+                                     options=StateDictOptions(strict=False))
         return safe_torch_load(path / META_FILE)
+
+    def _load_full_checkpoint(self, path: Path, fitting: bool) -> dict[str, Any]:
+        """An ordinary `.ckpt` (`ofa-consolidate`'s, or `save_distributed_checkpoint=false`) into the sharded model."""
+        checkpoint = safe_torch_load(path)
+        own = self.model.state_dict()  # DTensor shards (the tied embedding under each of its names) and buffers
+        weights = {k: distribute_tensor(v, own[k].device_mesh, own[k].placements) if isinstance(own.get(k), DTensor)
+                   else v for k, v in checkpoint.pop("state_dict").items()}
+        self.model.load_state_dict(weights, strict=self.lightning_module.strict_loading)
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        for optimizer, state in zip(self.optimizers if fitting else [], checkpoint.pop("optimizer_states", [])):
+            named = named_optimizer_state(state, [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups])
+            set_optimizer_state_dict(self.model, optimizer, named,
+                                     options=StateDictOptions(full_state_dict=True, strict=False))
+        return checkpoint
+
+
+def rebuild_train_loader(trainer: Any) -> bool:
+    """Sharding strategies restore checkpoints after setup, where `configure_optimizers` (its
+    `estimated_stepping_batches`) already built the train loader, before the datamodule got its stream position
+    back: have the fit loop build it again. True when fitting."""
+    if trainer.state.fn != TrainerFn.FITTING:
+        return False
+    trainer.fit_loop._combined_loader = None
+    return True
+
+
+def named_optimizer_state(state: dict[str, Any], group_names: list[list[str]]) -> dict[str, Any]:
+    """torch's id-keyed optimizer state -> keyed by parameter name (ids number the groups' parameters in order)."""
+    if [len(g["params"]) for g in state["param_groups"]] != [len(g) for g in group_names]:
+        raise RunConfigError("the checkpoint's optimizer has other parameter groups than this run's (another model "
+                             "or optim config?)")
+    names = [name for group in group_names for name in group]
+    groups = [{**group, "params": params} for group, params in zip(state["param_groups"], group_names)]
+    return {"state": {names[i]: value for i, value in state["state"].items()}, "param_groups": groups}
 
 
 def is_sharded_checkpoint(path: Path) -> bool:

@@ -3,8 +3,9 @@
 In-process (one rank, gloo): the sharded model computes what the unsharded one does, generation included, and
 a checkpoint folder swaps in atomically. As real `train.py` runs of 2 CPU processes (slow): the per-step losses
 equal a replicated 2-process DDP run's within float tolerance; a run SIGKILLed after its sharded checkpoint and
-resumed with `ckpt_path=last` logs bitwise the uninterrupted run's losses; the consolidated folder is one `.ckpt` laid out
-like the DDP run's (same keys, same optimizer layout) that the platform's readers and an optimizer load."""
+resumed with `ckpt_path=last` logs bitwise the uninterrupted run's losses, and so does the same checkpoint
+consolidated into one file; the consolidated `.ckpt` is laid out like the DDP run's (same keys, same optimizer
+layout) and a 1-process run continues from it."""
 from __future__ import annotations
 
 import contextlib
@@ -122,8 +123,8 @@ def losses(run_dir: Path) -> dict[int, float]:
     return out
 
 
-def run_pair(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
-    """Two train.py runs side by side, each with its own rendezvous port; both must succeed."""
+def run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
+    """train.py runs two at a time, each with its own rendezvous port; all must succeed."""
     with ThreadPoolExecutor(2) as pool:
         done = list(pool.map(lambda cmd: run_command([sys.executable, str(ROOT / "train.py"), *cmd], ROOT, env(), 600),
                              commands))
@@ -149,17 +150,21 @@ def train_and_kill(args: list[str], run_dir: Path, after_step: int) -> None:
 
 @pytest.fixture(scope="module")
 def fsdp2_runs(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """FSDP2 and DDP (2 processes each) side by side; an FSDP2 run killed after its step-2 checkpoint and resumed,
-    beside a 1-process run that goes on for one more epoch from the consolidated FSDP2 checkpoint. Run dirs."""
+    """FSDP2 and DDP (2 processes each) side by side; an FSDP2 run killed after its step-2 checkpoint and resumed
+    from its folder and, consolidated, from one file; a 1-process run that goes on for one more epoch from the
+    consolidated last checkpoint of the FSDP2 run. Run dirs."""
     root = tmp_path_factory.mktemp("fsdp2")
     dirs = {"fsdp2": root / "fsdp2" / "run", "ddp": root / "ddp" / "run", "killed": root / "killed" / "first",
-            "resumed": root / "killed" / "second", "single": root / "single" / "run"}
-    run_pair([overrides(synthetic_data_dir, dirs[n], t) for n, t in (("fsdp2", "fsdp2"), ("ddp", "ddp_sim"))])
+            "resumed": root / "killed" / "second", "single": root / "single" / "run",
+            "from_file": root / "from_file" / "run"}
+    run_all([overrides(synthetic_data_dir, dirs[n], t) for n, t in (("fsdp2", "fsdp2"), ("ddp", "ddp_sim"))])
     train_and_kill(overrides(synthetic_data_dir, dirs["killed"], "fsdp2"), dirs["killed"], KILL_AFTER)
     full = consolidate(dirs["fsdp2"] / "checkpoints" / "last.ckpt", root / "full.ckpt")
-    run_pair([overrides(synthetic_data_dir, dirs["resumed"], "fsdp2") + ["ckpt_path=last"],
-              overrides(synthetic_data_dir, dirs["single"], "cpu") + [f"ckpt_path={full}",
-                                                                       f"trainer.max_epochs={EPOCHS + 1}"]])
+    killed = consolidate(dirs["killed"] / "checkpoints" / "last.ckpt", root / "killed.ckpt")
+    run_all([overrides(synthetic_data_dir, dirs["resumed"], "fsdp2") + ["ckpt_path=last"],
+             overrides(synthetic_data_dir, dirs["from_file"], "fsdp2") + [f"ckpt_path={killed}"],
+             overrides(synthetic_data_dir, dirs["single"], "cpu") + [f"ckpt_path={full}",
+                                                                      f"trainer.max_epochs={EPOCHS + 1}"]])
     return dirs | {"full": full}
 
 
@@ -181,6 +186,7 @@ def test_fsdp2_killed_and_resumed_from_its_sharded_checkpoint(fsdp2_runs: dict[s
     reference, resumed = losses(fsdp2_runs["fsdp2"]), losses(fsdp2_runs["resumed"])
     assert sorted(resumed) == list(range(saved, STEPS_PER_EPOCH * EPOCHS))
     assert resumed == {step: reference[step] for step in resumed}  # bitwise: same batches, RNG, optimizer state
+    assert losses(fsdp2_runs["from_file"]) == resumed  # the same checkpoint consolidated into one .ckpt
 
 
 @pytest.mark.slow
