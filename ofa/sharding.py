@@ -10,6 +10,7 @@
   Checkpoints are torch.distributed.checkpoint folders (`last.ckpt/`: one shard file per rank + `meta.pt`),
   written to a hidden folder first and then swapped in by one rename of a symlink, so a kill mid-save leaves
   the previous checkpoint whole (`ofa-consolidate` turns a folder into one ordinary `.ckpt`).
+- `FSDP1Strategy`: Lightning's `FSDPStrategy` (`trainer=fsdp`, GPUs only) with the same folder swap and resume fix.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed.checkpoint as dcp
-from pytorch_lightning.strategies import ModelParallelStrategy
+from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -67,7 +68,39 @@ def dtype_of(name: str | None) -> torch.dtype | None:
     return dtype
 
 
-class FSDP2Strategy(ModelParallelStrategy):
+class SwappedFolderCheckpoints:
+    """For a Lightning sharding strategy that writes checkpoint folders: each save goes into `.<name>.<id>/` beside
+    the target, then the target (a symlink) is switched to it by one rename and the previous folder removed. A
+    strategy writing one file (`_writes_folders()` false) keeps its own, atomic, checkpoint IO."""
+
+    def _writes_folders(self) -> bool:
+        raise NotImplementedError
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | Path, storage_options: Any = None) -> None:
+        if not self._writes_folders():
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        target = Path(self.broadcast(str(filepath)))
+        staged = target.parent / self.broadcast(f".{target.name}.{uuid.uuid4().hex[:8]}")
+        super().save_checkpoint(checkpoint, staged, storage_options)
+        self.barrier()
+        if self.global_rank == 0:
+            swap_in(staged, target)
+        self.barrier()
+
+
+class FSDP1Strategy(SwappedFolderCheckpoints, FSDPStrategy):
+    """Lightning's FSDPStrategy (`trainer=fsdp`, GPUs) with folders swapped in atomically and the resume fix of
+    `FSDP2Strategy` (the train loader built again once the datamodule has its stream position back)."""
+
+    def _writes_folders(self) -> bool:
+        return self._state_dict_type == "sharded"
+
+    def load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None = None) -> dict[str, Any]:
+        rebuild_train_loader(self.lightning_module.trainer)
+        return super().load_checkpoint(checkpoint_path, weights_only)
+
+
+class FSDP2Strategy(SwappedFolderCheckpoints, ModelParallelStrategy):
     """`ModelParallelStrategy` that shards the OFA model with FSDP2 over all ranks (see the module docstring)."""
 
     def __init__(self, reshard_after_forward: bool = True, param_dtype: str | None = None,
@@ -98,19 +131,8 @@ class FSDP2Strategy(ModelParallelStrategy):
                              "tensor-parallel plan; FSDP2 shards over data_parallel_size only")
         return shard_model(model, self.device_mesh["data_parallel"], self.reshard_after_forward, self.mp_policy)
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | Path,
-                        storage_options: Any = None) -> None:
-        """Sharded: into `.<name>.<id>/` beside the target, then the target (a symlink) swapped to it by one
-        rename; the previous folder is removed after. Full (`save_distributed_checkpoint=False`): Lightning's."""
-        if not self._save_distributed_checkpoint:
-            return super().save_checkpoint(checkpoint, filepath, storage_options)
-        target = Path(self.broadcast(str(filepath)))
-        staged = target.parent / self.broadcast(f".{target.name}.{uuid.uuid4().hex[:8]}")
-        super().save_checkpoint(checkpoint, staged, storage_options)
-        self.barrier()
-        if self.global_rank == 0:
-            swap_in(staged, target)
-        self.barrier()
+    def _writes_folders(self) -> bool:
+        return self._save_distributed_checkpoint
 
     def load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None = None) -> dict[str, Any]:
         """A sharded folder (each rank reads its shards) or one `.ckpt` file (read whole by every rank, with the

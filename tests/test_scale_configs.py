@@ -1,7 +1,8 @@
-"""The scale options as configs (no GPU, no cluster here): `trainer=fsdp` builds Lightning's FSDPStrategy with the
-layers auto-wrapped, activation checkpointing and sharded checkpoints; `trainer=fsdp2` our FSDP2 strategy;
-the torchrun and SLURM recipes of docs/SCALE.md give Lightning's TorchElastic / SLURM environments with every
-rank where it belongs; the launcher and Optuna options compose to installed plugins; a tiny Optuna sweep runs."""
+"""The scale options as configs (no GPU, no cluster here): `trainer=fsdp` builds Lightning's FSDPStrategy (our
+`FSDP1Strategy` subclass) with the layers auto-wrapped, activation checkpointing and sharded checkpoints;
+`trainer=fsdp2` our FSDP2 strategy; the torchrun and SLURM recipes of docs/SCALE.md give Lightning's TorchElastic /
+SLURM environments with every rank where it belongs; the launcher and Optuna options compose to installed plugins;
+a tiny Optuna sweep runs."""
 from __future__ import annotations
 
 import csv
@@ -20,7 +21,7 @@ from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from ofa import factory
 from ofa.modules.layers import DecoderLayer, EncoderLayer
-from ofa.sharding import FSDP2Strategy
+from ofa.sharding import FSDP1Strategy, FSDP2Strategy
 from subprocess_runs import run_command
 from test_configs import compose_cfg, data_overrides
 
@@ -35,7 +36,8 @@ def build_trainer(overrides: list[str], tmp_path: Path) -> pl.Trainer:
 
 def test_fsdp_wraps_and_checkpoints_the_layers(tmp_path: Path) -> None:
     strategy = factory.build_strategy(compose_cfg(["trainer=fsdp"], tmp_path).trainer.strategy)
-    assert type(strategy).__name__ == "FSDPStrategy" and strategy._state_dict_type == "sharded"
+    assert isinstance(strategy, FSDP1Strategy) and isinstance(strategy, pl.strategies.FSDPStrategy)
+    assert strategy._state_dict_type == "sharded" and strategy._writes_folders()  # swapped in atomically
     wrap = strategy.kwargs["auto_wrap_policy"]
     assert isinstance(wrap, ModuleWrapPolicy) and wrap._module_classes == {EncoderLayer, DecoderLayer}
     checkpointed = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]
@@ -50,6 +52,7 @@ def test_fsdp2_builds_its_strategy(tmp_path: Path) -> None:
     assert isinstance(strategy, FSDP2Strategy) and trainer.num_devices == 2 and strategy._save_distributed_checkpoint
     assert strategy.reshard_after_forward and str(strategy.mp_policy.param_dtype) == "torch.bfloat16"
     assert type(strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"  # non-sharded saves stay atomic
+    assert strategy._writes_folders()
 
 
 def recipe_overrides(name: str, data_dir: Path) -> list[str]:
