@@ -297,6 +297,9 @@ def detect_format(path: str | Path) -> str:
         return "hf"
     if p.is_file():
         return "fairseq"
+    if (p / "meta.pt").is_file():  # trainer=fsdp2 / fsdp: torch.distributed.checkpoint shards + Lightning's meta.pt
+        raise CheckpointError(f"{path}: a sharded checkpoint folder; resume it with ckpt_path=, or make one file of "
+                              f"it first: ofa-consolidate {path}")
     raise CheckpointError(f"{path}: not a checkpoint file or a directory with a config")
 
 

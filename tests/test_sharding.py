@@ -206,3 +206,13 @@ def test_consolidated_checkpoint_is_laid_out_like_a_single_file_one(fsdp2_runs: 
     assert read_checkpoint(fsdp2_runs["full"]).config.d_model == TINY["d_model"]  # init_from, ofa-convert-checkpoint
     steps = STEPS_PER_EPOCH * EPOCHS
     assert sorted(losses(fsdp2_runs["single"])) == list(range(steps, steps + STEPS_PER_EPOCH))  # resumed, 1 process
+
+
+def test_a_sharded_folder_as_init_from_names_the_consolidation(tmp_path: Path) -> None:
+    from ofa.checkpoint import read_checkpoint
+    from ofa.safe_load import CheckpointError
+
+    (tmp_path / "last.ckpt").mkdir()
+    (tmp_path / "last.ckpt" / "meta.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="sharded checkpoint folder; .* ofa-consolidate"):
+        read_checkpoint(tmp_path / "last.ckpt")
