@@ -122,9 +122,11 @@ def test_optuna_direction_follows_the_monitor(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_optuna_sweep_writes_summary_and_best(synthetic_data_dir: Path, tmp_path: Path) -> None:
-    """3 trials of one fast_dev_run batch each: distinct sampled values, one summary row each, the best written."""
+def test_tiny_optuna_sweep_through_submitit_writes_summary_and_best(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    """3 TPE trials of one fast_dev_run batch each, each a submitit job (a separate process, as on SLURM): distinct
+    sampled values, one summary row each, the best written."""
     args = ["hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2",
+            "launcher=submitit_local",
             "debug=fdr", "task=caption", "logger=none", f"paths.root_dir={tmp_path}",
             *(o for o in data_overrides(synthetic_data_dir) if not o.startswith("paths.")),
             "model.d_model=32", "model.encoder_layers=1", "model.decoder_layers=1", "model.encoder_attention_heads=2",
@@ -144,3 +146,4 @@ def test_tiny_optuna_sweep_writes_summary_and_best(synthetic_data_dir: Path, tmp
     best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert set(best.best_params) == {"optim.lr", "optim.weight_decay", "schedule.warmup_ratio"}
     assert "sweep summary (3 jobs)" in proc.stdout
+    assert len(list(sweep_dir.glob(".submitit/*/*_result.pkl"))) == 3  # each trial ran as a submitit job

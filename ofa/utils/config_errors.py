@@ -16,7 +16,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ContextDecorator, contextmanager
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
@@ -105,26 +105,35 @@ def data_error(exc: BaseException) -> str | None:
     return str(exc) if isinstance(exc, DataError) else None
 
 
-@contextmanager
-def exit_on_fault() -> Iterator[None]:
-    """`config error: ...` / `checkpoint error: ...` (exit 2), `error: ...` / `data error: ...` (exit 3) on
-    one line."""
-    from ofa.lit_module import NonFiniteError  # here, so the config-error helpers import no model code
+class _ExitOnFault(ContextDecorator):
+    """`exit_on_fault()`: a class rather than a generator, so that a function it decorates pickles (the
+    hydra-submitit-launcher ships `train` to its jobs with cloudpickle)."""
 
-    try:
-        yield
-    except RunConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(EXIT_CODE)
-    except CheckpointError as err:
-        print(f"checkpoint error: {err}", file=sys.stderr)
-        sys.exit(EXIT_CODE)
-    except NonFiniteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(3)
-    except Exception as err:  # only data errors end here; anything else is re-raised as it was
-        line = data_error(err)
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type | None, err: BaseException | None, tb: object) -> bool:
+        from ofa.lit_module import NonFiniteError  # here, so the config-error helpers import no model code
+
+        if err is None or not isinstance(err, Exception):
+            return False
+        if isinstance(err, RunConfigError):
+            print(f"config error: {err}", file=sys.stderr)
+            sys.exit(EXIT_CODE)
+        if isinstance(err, CheckpointError):
+            print(f"checkpoint error: {err}", file=sys.stderr)
+            sys.exit(EXIT_CODE)
+        if isinstance(err, NonFiniteError):
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(3)
+        line = data_error(err)  # only data errors end here; anything else is re-raised as it was
         if line is None:
-            raise
+            return False
         print(f"data error: {line}", file=sys.stderr)
         sys.exit(3)
+
+
+def exit_on_fault() -> _ExitOnFault:
+    """`config error: ...` / `checkpoint error: ...` (exit 2), `error: ...` / `data error: ...` (exit 3) on
+    one line."""
+    return _ExitOnFault()
