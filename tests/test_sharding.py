@@ -158,13 +158,15 @@ def fsdp2_runs(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactor
             "resumed": root / "killed" / "second", "single": root / "single" / "run",
             "from_file": root / "from_file" / "run"}
     run_all([overrides(synthetic_data_dir, dirs[n], t) for n, t in (("fsdp2", "fsdp2"), ("ddp", "ddp_sim"))])
-    train_and_kill(overrides(synthetic_data_dir, dirs["killed"], "fsdp2"), dirs["killed"], KILL_AFTER)
     full = consolidate(dirs["fsdp2"] / "checkpoints" / "last.ckpt", root / "full.ckpt")
+    with ThreadPoolExecutor(1) as pool:  # the 1-process run beside the one to kill
+        single = pool.submit(run_all, [overrides(synthetic_data_dir, dirs["single"], "cpu") +
+                                       [f"ckpt_path={full}", f"trainer.max_epochs={EPOCHS + 1}"]])
+        train_and_kill(overrides(synthetic_data_dir, dirs["killed"], "fsdp2"), dirs["killed"], KILL_AFTER)
+        single.result()
     killed = consolidate(dirs["killed"] / "checkpoints" / "last.ckpt", root / "killed.ckpt")
     run_all([overrides(synthetic_data_dir, dirs["resumed"], "fsdp2") + ["ckpt_path=last"],
-             overrides(synthetic_data_dir, dirs["from_file"], "fsdp2") + [f"ckpt_path={killed}"],
-             overrides(synthetic_data_dir, dirs["single"], "cpu") + [f"ckpt_path={full}",
-                                                                      f"trainer.max_epochs={EPOCHS + 1}"]])
+             overrides(synthetic_data_dir, dirs["from_file"], "fsdp2") + [f"ckpt_path={killed}"]])
     return dirs | {"full": full}
 
 
