@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import uuid
@@ -28,9 +29,9 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
-from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ofa.errors import RunConfigError
 from ofa.modules.model import OFAModel
@@ -47,12 +48,20 @@ def layers_of(model: OFAModel) -> list[nn.Module]:
 
 def shard_model(model: OFAModel, mesh: DeviceMesh | None = None, reshard_after_forward: bool = True,
                 mp_policy: MixedPrecisionPolicy | None = None) -> OFAModel:
-    """FSDP2 in place: each layer, then the root; returns the model (now an `FSDPModule`)."""
-    kwargs: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": reshard_after_forward,
-                              "mp_policy": mp_policy or MixedPrecisionPolicy()}
+    """FSDP2 in place: each layer, then the root; returns the model (now an `FSDPModule`). With a low-precision
+    `param_dtype`, the ResNet is a unit of its own that computes in float32 (its BatchNorm statistics are float32
+    buffers, which batch norm refuses to mix with bfloat16 weights) and hands on its features in `param_dtype`."""
+    # inputs are never cast: casting copies dataclass and dict arguments, and `decode` and each decoder layer must
+    # update the very cache that beam search holds (the image goes through the ResNet unit, which casts it itself)
+    policy = dataclasses.replace(mp_policy or MixedPrecisionPolicy(), cast_forward_inputs=False)
+    kwargs: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
     for layer in layers_of(model):
-        fully_shard(layer, **kwargs)
-    fully_shard(model, **kwargs)
+        fully_shard(layer, mp_policy=policy, **kwargs)
+    resnet = getattr(model.encoder, "embed_images", None)
+    if policy.param_dtype not in (None, torch.float32) and resnet is not None:
+        fully_shard(resnet, mp_policy=MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32,
+                                                           output_dtype=policy.param_dtype), **kwargs)
+    fully_shard(model, mp_policy=policy, **kwargs)
     for name in FORWARD_METHODS:
         register_fsdp_forward_method(model, name)
     return model
@@ -128,7 +137,7 @@ class FSDP2Strategy(SwappedFolderCheckpoints, ModelParallelStrategy):
                                  "(use trainer=ddp, or module.ema.decay=0)")
         if self._tensor_parallel_size != 1:
             raise RunConfigError(f"trainer.strategy.tensor_parallel_size={self._tensor_parallel_size}: OFA has no "
-                             "tensor-parallel plan; FSDP2 shards over data_parallel_size only")
+                                 "tensor-parallel plan; FSDP2 shards over data_parallel_size only")
         return shard_model(model, self.device_mesh["data_parallel"], self.reshard_after_forward, self.mp_policy)
 
     def _writes_folders(self) -> bool:

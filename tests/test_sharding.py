@@ -68,6 +68,24 @@ def test_sharded_model_computes_what_the_unsharded_one_does(one_rank_group: None
     assert grads and all(type(g).__name__ == "DTensor" for g in grads)
 
 
+def test_bf16_sharded_model_trains_and_generates(one_rank_group: None) -> None:
+    """FSDP2 mixed precision (`param_dtype`): the ResNet computes in float32 (its BatchNorm statistics), the rest in
+    bfloat16; beam search's cache is updated in place (FSDP2 does not copy the inputs)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    full = tiny_model()
+    sharded = shard_model(copy.deepcopy(full), mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16))
+    src, prev, images = torch.randint(4, 64, (2, 7)), torch.randint(4, 64, (2, 5)), torch.randn(2, 3, 32, 32)
+    masks = torch.ones(2, dtype=torch.bool)
+    logits = sharded.train()(src, prev, images, masks)
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), full.train()(src, prev, images, masks), atol=0.1, rtol=0.05)
+    logits.float().logsumexp(-1).mean().backward()
+    hyps = SequenceGenerator(sharded.eval(), GenerationConfig(beam_size=2, max_len_b=4, min_len=4)).generate(
+        src, images, masks)
+    assert {len(h.tokens) for sample in hyps for h in sample} == {5}  # 4 tokens + </s>
+
+
 def test_swap_in_replaces_the_folder_by_one_rename(tmp_path: Path) -> None:
     target = tmp_path / "last.ckpt"
     for step in (1, 2):
