@@ -8,6 +8,7 @@ and forced at step 21, so every call runs 21 decoder steps; the bench checks the
     .venv/bin/python experiments/bench_model.py                 # full table (a few minutes)
     .venv/bin/python experiments/bench_model.py --steps 1       # quick check that it runs
     .venv/bin/python experiments/bench_model.py --phases train  # one phase
+    .venv/bin/python experiments/bench_model.py --phases train --compile inductor  # torch.compile (warm-up: compiling)
 
 The train phase is the paired bench's (../shared/bench_reference/bench_side.py): forward, cross-entropy over
 the vocabulary, backward and a `torch.optim.AdamW(model.parameters(), lr=1e-4)` step (PyTorch's default, on
@@ -73,16 +74,19 @@ def make_batch(b: int, image: int, src_len: int, tgt_len: int) -> dict:
             "patch_masks": torch.ones(b, dtype=torch.bool)}
 
 
-def timed(fn, steps: int) -> tuple[list[float], float]:
-    """Seconds per timed call (after one warm-up call) and the peak RSS in MB during the timed calls."""
+def timed(fn, steps: int) -> tuple[list[float], float, float]:
+    """Seconds per timed call (after one warm-up call), the peak RSS in MB during the timed calls and the
+    warm-up call's seconds (with `--compile`: the compilation)."""
+    start = time.perf_counter()
     fn()
+    warmup = time.perf_counter() - start
     reset_peak_rss()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return times, peak_rss_mb()
+    return times, peak_rss_mb(), warmup
 
 
 def train_step(model: OFAModel, batch: dict, optim: str, precision: str = "fp32", layout: str = "nchw"):
@@ -139,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="train phase: float32 (the reference's numerics) or bfloat16 CPU autocast (opt-in)")
     p.add_argument("--layout", choices=("nchw", "channels_last"), default="nchw",
                    help="train phase: the ResNet's memory layout (channels_last: opt-in, see experiments/README.md)")
+    p.add_argument("--compile", choices=("none", "inductor", "aot_eager"), default="none",
+                   help="train phase: torch.compile the model's forward (module.compile.enabled=true in ofa-train)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
 
@@ -151,16 +157,18 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     model = OFAModel(OFAConfig.from_preset(args.preset, vocab_size=VOCAB))
     batch = make_batch(args.batch, args.image_size, args.src_len, args.tgt_len)
+    if args.compile != "none":  # in place, as OFALitModule does; generation calls encode/decoder: eager
+        model.compile(backend=args.compile)
     makers = {"train": lambda: train_step(model.train(), batch, args.optim, args.precision, args.layout),
               "beam5": lambda: generate_step(model.eval(), batch, 5, args.tgt_len),
               "greedy": lambda: generate_step(model.eval(), batch, 1, args.tgt_len)}
     load_before = os.getloadavg()
     results = {}
     for name in sorted(args.phases, key=("beam5", "greedy", "train").index):  # the big training peak last
-        times, peak = timed(makers[name](), args.steps)
+        times, peak, warmup = timed(makers[name](), args.steps)
         secs = statistics.median(times)
         results[name] = {"samples_per_s": args.batch / secs, "s_per_batch": secs, "min_s_per_batch": min(times),
-                         "peak_rss_mb": peak}
+                         "peak_rss_mb": peak, "warmup_s": warmup}
     load = {"before": load_before, "after": os.getloadavg()}
     print_table(args, results, load)
     if args.json:
@@ -173,13 +181,15 @@ def print_table(args: argparse.Namespace, results: dict, load: dict) -> None:
     names = {"train": "train step (fwd+bwd)", "beam5": "beam-5 generation", "greedy": "greedy generation"}
     print(f"\n{args.preset}, {args.threads} threads, batch {args.batch}, {args.image_size}px, src {args.src_len}, "
           f"tgt {args.tgt_len}, generating exactly {args.tgt_len} tokens + </s>, {args.steps} timed steps, "
-          f"malloc {args.malloc}, optim {args.optim}, train {args.precision} {args.layout}, torch {torch.__version__}")
+          f"malloc {args.malloc}, optim {args.optim}, train {args.precision} {args.layout}, compile {args.compile}, "
+          f"torch {torch.__version__}")
     print(f"load average (1 min) before {load['before'][0]:.2f}, after {load['after'][0]:.2f}")
-    print(f"| {'phase':<22} | {'samples/s':>9} | {'s/batch':>8} | {'min s':>6} | {'peak RSS MB':>11} |")
-    print(f"|{'-' * 24}|{'-' * 11}|{'-' * 10}|{'-' * 8}|{'-' * 13}|")
+    print(f"| {'phase':<22} | {'samples/s':>9} | {'s/batch':>8} | {'min s':>6} | {'peak RSS MB':>11} "
+          f"| {'warm-up s':>9} |")
+    print(f"|{'-' * 24}|{'-' * 11}|{'-' * 10}|{'-' * 8}|{'-' * 13}|{'-' * 11}|")
     for name, r in sorted(results.items(), key=lambda item: PHASES.index(item[0])):
         print(f"| {names[name]:<22} | {r['samples_per_s']:>9.2f} | {r['s_per_batch']:>8.2f} | "
-              f"{r['min_s_per_batch']:>6.2f} | {r['peak_rss_mb']:>11.0f} |")
+              f"{r['min_s_per_batch']:>6.2f} | {r['peak_rss_mb']:>11.0f} | {r['warmup_s']:>9.1f} |")
 
 
 if __name__ == "__main__":
