@@ -28,6 +28,16 @@ from ofa.datamodules.synthetic import ensure_synthetic_dataset  # noqa: E402
 from ofa.tokenizer import OFATokenizer, build_tokenizer  # noqa: E402
 from stub_tasks import StubTask  # noqa: E402  # a module of its own: spawned DDP ranks unpickle it by name
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test leaves `os.environ` as it found it: Lightning's cluster environments write MASTER_ADDR and
+    friends into it (a SLURM test's `gpu01` made every later DDP run of the session wait for that host)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 SYNTHETIC_TEST_CONFIG = dict(num_train=48, num_val=16, num_test=16, image_size=64, shard_size=8, vocab_size=500)
 
 
