@@ -88,9 +88,13 @@ def settings_of_run(config_path: Path) -> dict[str, dict]:
 
 
 def resolved(node: Any) -> dict[str, Any]:
-    """The keys of a config node that resolve here, as plain values."""
+    """The keys of a config node that resolve here, as plain values. `${hydra:...}` values are skipped, not
+    resolved: in a process that runs Hydra itself they would take that process's values, not the run's."""
     out = {}
+    raw = OmegaConf.to_container(node, resolve=False)
     for key in node:
+        if "${hydra:" in repr(raw[key]):
+            continue
         try:
             value = node[key]
             out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
