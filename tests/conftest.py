@@ -29,13 +29,19 @@ from ofa.tokenizer import OFATokenizer, build_tokenizer  # noqa: E402
 from stub_tasks import StubTask  # noqa: E402  # a module of its own: spawned DDP ranks unpickle it by name
 
 @pytest.fixture(autouse=True)
-def _environment_restored():
-    """Each test leaves `os.environ` as it found it: Lightning's cluster environments write MASTER_ADDR and
-    friends into it (a SLURM test's `gpu01` made every later DDP run of the session wait for that host)."""
-    saved = dict(os.environ)
+def _process_state_restored():
+    """Each test leaves `os.environ` and Lightning's rank as it found them: a Trainer built for a simulated
+    cluster writes MASTER_ADDR into the environment (a SLURM test's `gpu01` made every later DDP run of the
+    session wait for that host) and its global rank into `rank_zero_only.rank` (rank 5: later in-process
+    loggers stayed silent, as on a non-zero rank)."""
+    from lightning_utilities.core.rank_zero import rank_zero_only
+
+    saved, rank = dict(os.environ), getattr(rank_zero_only, "rank", None)
     yield
     os.environ.clear()
     os.environ.update(saved)
+    if rank is not None:
+        rank_zero_only.rank = rank
 
 
 SYNTHETIC_TEST_CONFIG = dict(num_train=48, num_val=16, num_test=16, image_size=64, shard_size=8, vocab_size=500)
