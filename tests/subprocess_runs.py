@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import json
 import os
@@ -17,7 +18,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -104,3 +106,28 @@ def run_concurrently(commands: Sequence[Sequence[str]], cwd: Path, env: dict, ti
     """`run_command` of every command, `parallel` at a time; results in order."""
     with ThreadPoolExecutor(parallel) as pool:
         return list(pool.map(lambda cmd: run_command(cmd, cwd, env, timeout), commands))
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of a run started with `start_new_session` (all its DDP ranks)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def start_train_until(args: Sequence[str], env: dict, logged_step: Callable[[], int], after_step: int,
+                      pipe: bool = False) -> subprocess.Popen:
+    """Start `python train.py ARGS` in a session of its own and return it once `logged_step()` (the newest step
+    in its log) reaches `after_step`; a run that ends first or takes over 10 minutes is killed and fails."""
+    out = subprocess.PIPE if pipe else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, TRAIN, *args], cwd=ROOT, env=env, stdout=out, stderr=out, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while logged_step() < after_step:
+            assert proc.poll() is None, f"run ended (rc {proc.returncode}) before step {after_step}"
+            assert time.monotonic() < deadline, f"timed out waiting for the run to reach step {after_step}"
+            time.sleep(0.02)
+    except BaseException:  # also on a failed wait: nothing is left running
+        kill_group(proc)
+        raise
+    return proc

@@ -8,7 +8,6 @@ and stream position (rank 0's loss is logged; rank 1's batches reach it through 
 final weights are compared too)."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 import random
@@ -18,12 +17,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from subprocess_runs import run_command
+from subprocess_runs import kill_group, run_command, start_train_until
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,18 +82,9 @@ def rank_counts(output: str) -> dict[int, tuple[int, int]]:
 
 def train_and_kill(args: list[str], run_dir: Path, after_step: int) -> None:
     """Start train.py and SIGKILL its whole process group (all DDP ranks) as soon as its log shows `after_step`."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 600
-    try:
-        while max(losses(run_dir), default=-1) < after_step:
-            assert proc.poll() is None, f"run ended (rc {proc.returncode}) before step {after_step}"
-            assert time.monotonic() < deadline, "timed out waiting for the run to reach the kill step"
-            time.sleep(0.02)
-    finally:  # also on a failed wait: nothing is left running
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+    proc = start_train_until(args, env(), lambda: max(losses(run_dir), default=-1), after_step)
+    kill_group(proc)
+    proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
 
 
@@ -178,19 +167,12 @@ def test_sigkill_and_resume_is_bitwise_exact_variants(synthetic_data_dir: Path, 
 
 def train_until_sigterm(args: list[str], run_dir: Path, after_step: int) -> subprocess.CompletedProcess:
     """Start train.py, SIGTERM it as soon as its log shows `after_step`, and let it end on its own."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 600
+    proc = start_train_until(args, env(), lambda: max(losses(run_dir), default=-1), after_step, pipe=True)
     try:
-        while max(losses(run_dir), default=-1) < after_step:
-            assert proc.poll() is None, f"run ended (rc {proc.returncode}) before step {after_step}"
-            assert time.monotonic() < deadline, "timed out waiting for the run to reach the signal step"
-            time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 

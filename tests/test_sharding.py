@@ -8,15 +8,12 @@ consolidated into one file; the consolidated `.ckpt` is laid out like the DDP ru
 layout) and a 1-process run continues from it."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,7 +27,7 @@ from ofa.modules.config import OFAConfig
 from ofa.modules.generation import GenerationConfig, SequenceGenerator
 from ofa.modules.model import OFAModel
 from ofa.sharding import dtype_of, shard_model, swap_in
-from subprocess_runs import run_command
+from subprocess_runs import kill_group, run_command, start_train_until
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
@@ -152,18 +149,9 @@ def run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
 
 def train_and_kill(args: list[str], run_dir: Path, after_step: int) -> None:
     """SIGKILL the whole process group (both ranks) once rank 0 has logged `after_step`."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 600
-    try:
-        while max(losses(run_dir), default=-1) < after_step:
-            assert proc.poll() is None, f"run ended (rc {proc.returncode}) before step {after_step}"
-            assert time.monotonic() < deadline, "timed out waiting for the kill step"
-            time.sleep(0.05)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+    proc = start_train_until(args, env(), lambda: max(losses(run_dir), default=-1), after_step)
+    kill_group(proc)
+    proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
