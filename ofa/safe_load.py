@@ -60,22 +60,25 @@ def pickle_globals(path: str | Path) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def safe_torch_load(path: str | Path) -> Any:
-    """`torch.load(weights_only=True)` on CPU allowing only `allowed_globals()`; anything else is refused,
-    unrun (`CheckpointError` naming the file and the refused globals)."""
-    allowed = allowed_globals()
+def safe_torch_load(path: str | Path, extra: dict[str, type] | None = None,
+                    allowed_text: str = "tensors, argparse.Namespace and OmegaConf configs") -> Any:
+    """`torch.load(weights_only=True)` on CPU allowing only `allowed_globals()` and `extra` (a pickled global's
+    dotted name -> the class to build in its place); anything else is refused, unrun (`CheckpointError` naming
+    the file and the refused globals; `allowed_text` says what is allowed)."""
+    extra = extra or {}
+    allowed = allowed_globals() + [(cls, name) for name, cls in extra.items()]
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        ok = {global_name(g) for g in allowed}
+        ok = {global_name(g) for g in allowed_globals()} | set(extra)
         try:
             bad = [g for g in pickle_globals(path) if g not in ok]
         except Exception:  # noqa: BLE001 - only used to name the culprit
             bad = []
         if not bad:
             raise CheckpointError(f"{path}: not a loadable checkpoint (unsupported or corrupt pickle)") from None
-        raise CheckpointError(f"{path}: refusing to unpickle {', '.join(bad)} (only tensors, "
-                              "argparse.Namespace and OmegaConf configs are allowed)") from None
+        raise CheckpointError(f"{path}: refusing to unpickle {', '.join(bad)} (only {allowed_text} are allowed)"
+                              ) from None
     except (OSError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err

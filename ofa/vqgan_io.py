@@ -11,7 +11,6 @@ both `load_vqgan` and taming's `GumbelVQ(ckpt_path=...)` read.
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ofa.modules.vqgan import GumbelVQGAN, VQGANConfig
-from ofa.safe_load import CheckpointError, allowed_globals, global_name, pickle_globals
+from ofa.safe_load import CheckpointError, safe_torch_load
 
 TARGET = "taming.models.vqgan.GumbelVQ"
 LOSS_TARGET = "taming.modules.losses.vqperceptual.DummyLoss"  # no discriminator or LPIPS weights to ship
@@ -92,22 +91,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A Lightning / taming checkpoint, unpickled with `weights_only=True`: tensors, containers, the OmegaConf
     and argparse classes of `ofa.safe_load`, and `LIGHTNING_GLOBALS` as placeholders. Anything else is refused
     before it runs, named on one line."""
-    allowed = allowed_globals() + [(cls, name) for name, cls in LIGHTNING_GLOBALS.items()]
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        ok = {global_name(g) for g in allowed_globals()} | set(LIGHTNING_GLOBALS)
-        try:
-            bad = [g for g in pickle_globals(path) if g not in ok]
-        except Exception:  # noqa: BLE001 - only used to name the culprit
-            bad = []
-        if not bad:
-            raise CheckpointError(f"{path}: not a loadable checkpoint (unsupported or corrupt pickle)") from None
-        raise CheckpointError(f"{path}: refusing to unpickle {', '.join(bad)} (only tensors, containers, OmegaConf "
-                              "configs and Lightning's ModelCheckpoint/EarlyStopping/AttributeDict names)") from None
-    except (OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from None
+    return safe_torch_load(path, LIGHTNING_GLOBALS, "tensors, containers, OmegaConf configs and Lightning's "
+                           "ModelCheckpoint/EarlyStopping/AttributeDict names")
 
 
 def model_state(ckpt: dict, model: GumbelVQGAN, path: str | Path) -> dict[str, torch.Tensor]:
