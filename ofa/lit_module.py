@@ -31,6 +31,7 @@ from ofa.modules.config import OFAConfig
 from ofa.modules.model import OFAModel
 from ofa.tasks.base import Task
 from ofa.tasks.losses import LossConfig, label_smoothed_cross_entropy
+from ofa.tasks.scst import check_scst_alone
 from ofa.tuning import (TuningConfig, base_of, freeze_for_tuning, is_tuning_addition, parameter_report, tuned_config,
                         tuned_state, tuning_record)
 from ofa.utils.ema import EMA
@@ -100,6 +101,7 @@ class OFALitModule(pl.LightningModule):
                  init_from: str | None = None, tokenizer_record: dict | None = None) -> None:
         super().__init__()
         self.tasks, self.optim_cfg, self.schedule_cfg = tasks, optim, schedule
+        check_scst_alone({name: task.cfg for name, task in tasks.items()})  # training_loss: one criterion a batch
         self.cfg = module or ModuleConfig()
         self.model_cfg = tuned_config(model_cfg, self.cfg.tuning)  # + prompt encoders / adapters
         self.tuning_base = init_from  # a tuned checkpoint keeps only the tuned weights and names this base

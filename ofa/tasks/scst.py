@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ofa.errors import RunConfigError
 from ofa.modules.generation import GenerationConfig, SequenceGenerator
 from ofa.tasks.losses import LossOutput, mask_outside_range
 from ofa.tasks.text import strip_punctuation
@@ -46,6 +47,15 @@ class ScstConfig:
 
 
 # ------------------------------------------------------------------------------------------------ CIDEr-D
+def check_scst_alone(task_cfgs: dict[str, Any]) -> None:
+    """Refuse SCST in a run of several tasks: SCST replaces the cross-entropy of whole batches (one task's
+    criterion, `OFALitModule.training_loss`), and a mixture's batches mix the tasks' samples."""
+    scst = [name for name, cfg in task_cfgs.items() if getattr(getattr(cfg, "scst", None), "enabled", False)]
+    if scst and len(task_cfgs) > 1:
+        raise RunConfigError(f"task.tasks.{scst[0]}.scst.enabled=true: SCST trains one task alone, but this mixture's "
+                             f"batches mix {', '.join(task_cfgs)}; run it with task={scst[0]}")
+
+
 def cider_sentence(text: str) -> str:
     """OFA's SCST text form: punctuation stripped, a trailing `.` dropped, ` <eos>` appended."""
     return strip_punctuation(text).strip().rstrip(".").strip() + " <eos>"

@@ -165,6 +165,27 @@ def test_scst_trains_through_lightning_with_ema(tokenizer, synthetic_shards, tmp
     assert any(not torch.equal(v, params[n].float()) for n, v in module.ema.shadow.items())
 
 
+def test_scst_is_refused_in_a_mixture(tokenizer) -> None:
+    """A mixture's batches mix tasks and SCST replaces a whole batch's loss: one line naming the key, at once."""
+    from ofa.errors import RunConfigError
+    from ofa.lit_module import OFALitModule
+    from ofa.tasks.caption import CaptionConfig, CaptionTask
+    from ofa.tasks.scst import check_scst_alone
+    from ofa.tasks.vqa import VQAConfig
+    from ofa.utils.optim import OptimConfig, ScheduleConfig
+
+    scst = CaptionConfig(scst=ScstConfig(enabled=True))
+    check_scst_alone({"caption": scst})  # SCST alone
+    check_scst_alone({"caption": CaptionConfig(), "vqa": VQAConfig()})  # a mixture without SCST
+    with pytest.raises(RunConfigError) as err:
+        check_scst_alone({"vqa": VQAConfig(), "caption": scst})
+    assert str(err.value) == ("task.tasks.caption.scst.enabled=true: SCST trains one task alone, but this mixture's "
+                              "batches mix vqa, caption; run it with task=caption")
+    tasks = {"caption": CaptionTask(tokenizer, scst), "caption_plain": CaptionTask(tokenizer, CaptionConfig())}
+    with pytest.raises(RunConfigError, match="task.tasks.caption.scst.enabled=true"):
+        OFALitModule(OFAConfig(), tasks, OptimConfig(), ScheduleConfig())
+
+
 class ColourScorer:
     """A stand-in CLIP: an image's embedding is its mean RGB, a text's is the RGB of the colour it names."""
 
