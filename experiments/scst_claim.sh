@@ -29,7 +29,7 @@ for seed in "${SEEDS[@]}"; do
     start=$(date +%s); load=$(cut -d' ' -f1 /proc/loadavg)
     .venv/bin/python train.py experiment=caption_nano_synthetic data.synthetic_dir=null data.root="$WORLD" \
       init_from="$BASE" optim.lr="$LR" data.batch_size=8 data.batches_per_epoch="$STEPS" trainer.max_epochs=1 \
-      trainer.check_val_every_n_epoch=1 test_after_fit=false seed="$seed" "${extra[@]}" logger=csv \
+      trainer.limit_val_batches=0 test_after_fit=false seed="$seed" "${extra[@]}" logger=csv \
       trainer.enable_progress_bar=false hydra.run.dir="$dir" run_name="scst_claim_${arm}_s$seed" > "$dir.log" 2>&1
     printf '%s\t%s\t%s\t%s\n' "${arm}_s$seed" "$(date -u -d "@$start" +%H:%M:%S)" "$(( $(date +%s) - start ))" \
       "$load" >> "$OUT/runs.tsv"
