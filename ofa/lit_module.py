@@ -27,7 +27,9 @@ import torch
 from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 
+from ofa.errors import RunConfigError
 from ofa.modules.config import OFAConfig
+from ofa.modules.init import fourier_rows_
 from ofa.modules.model import OFAModel
 from ofa.tasks.base import Task
 from ofa.tasks.losses import LossConfig, label_smoothed_cross_entropy
@@ -91,6 +93,8 @@ class ModuleConfig:
     max_nonfinite_steps: int = 10  # stop after this many non-finite steps in a row (each is skipped); 0 = never
     debug_nan_steps: list[int] = field(default_factory=list)  # debug: make the loss NaN at these global steps
     compile: CompileConfig = field(default_factory=CompileConfig)
+    # `<bin_i>` rows of a model built from scratch: "normal" (OFA's init) | "fourier" (ofa.modules.init)
+    init_bins: str = "normal"
 
 
 class OFALitModule(pl.LightningModule):
@@ -122,6 +126,8 @@ class OFALitModule(pl.LightningModule):
         self.model = OFAModel(self.model_cfg)
         if self.init_from:
             load_pretrained(self.model, self.init_from, self.tokenizer_record)
+        else:
+            self._init_bins()
         if self.cfg.freeze_embeddings:
             self.model.encoder.embed_tokens.weight.requires_grad_(False)
         freeze_for_tuning(self.model, self.cfg.tuning.mode)
@@ -134,6 +140,17 @@ class OFALitModule(pl.LightningModule):
         if self.cfg.compile.enabled:  # last (after any sharding); in place: the parameter names stay
             c = self.cfg.compile
             self.model.compile(backend=c.backend, mode=c.mode, dynamic=c.dynamic, fullgraph=c.fullgraph)
+
+    def _init_bins(self) -> None:
+        """`module.init_bins=fourier`: location-token rows as Fourier features of their position (from scratch)."""
+        if self.cfg.init_bins == "normal":
+            return
+        if self.cfg.init_bins != "fourier":
+            raise RunConfigError(f"module.init_bins={self.cfg.init_bins!r}: expected 'normal' or 'fourier'")
+        tok = next(iter(self.tasks.values())).tokenizer if self.tasks else None
+        if tok is None or getattr(tok, "num_bins", 0) < 2:
+            raise RunConfigError("module.init_bins=fourier: the tokenizer has no <bin_i> location tokens")
+        fourier_rows_(self.model.encoder.embed_tokens.weight, tok.bin_offset, tok.num_bins, self.model_cfg.init_std)
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         patches = batch.get("sample_patch_num") if self.training else None  # pretraining: random patches

@@ -274,3 +274,18 @@ def test_compiled_model_trains_like_eager_and_keeps_checkpoint_keys(tokenizer, s
     eager = make_module(tokenizer)
     eager.configure_model()
     eager.load_state_dict(states["compiled"])
+
+
+def test_fourier_bin_init_changes_only_the_location_rows(tokenizer, tmp_path: Path) -> None:
+    bins = slice(tokenizer.bin_offset, tokenizer.bin_offset + tokenizer.num_bins)
+    plain, fourier = make_module(tokenizer), make_module(tokenizer, init_bins="fourier")
+    torch.manual_seed(0)
+    plain.configure_model()
+    torch.manual_seed(0)
+    fourier.configure_model()
+    w0, w1 = plain.model.encoder.embed_tokens.weight, fourier.model.encoder.embed_tokens.weight
+    assert torch.equal(w0[: bins.start], w1[: bins.start])  # text and code rows: OFA's init
+    near = torch.nn.functional.cosine_similarity(w1[bins][:-1], w1[bins][1:], dim=-1)
+    assert near.min() > 0.9 and not torch.allclose(w0[bins], w1[bins])
+    with pytest.raises(Exception, match="module.init_bins='sine'"):
+        make_module(tokenizer, init_bins="sine").configure_model()
