@@ -9,6 +9,7 @@ and forced at step 21, so every call runs 21 decoder steps; the bench checks the
     .venv/bin/python experiments/bench_model.py --steps 1       # quick check that it runs
     .venv/bin/python experiments/bench_model.py --phases train  # one phase
     .venv/bin/python experiments/bench_model.py --phases train --compile inductor  # torch.compile (warm-up: compiling)
+    .venv/bin/python experiments/bench_model.py --phases greedy beam5 --compile inductor  # compiled decoder step
 
 The train phase is the paired bench's (../shared/bench_reference/bench_side.py): forward, cross-entropy over
 the vocabulary, backward and a `torch.optim.AdamW(model.parameters(), lr=1e-4)` step (PyTorch's default, on
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--layout", choices=("nchw", "channels_last"), default="nchw",
                    help="train phase: the ResNet's memory layout (channels_last: opt-in, see experiments/README.md)")
     p.add_argument("--compile", choices=("none", "inductor", "aot_eager"), default="none",
-                   help="train phase: torch.compile the model's forward (module.compile.enabled=true in ofa-train)")
+                   help="torch.compile: the train phase's model forward (module.compile.enabled=true in ofa-train), "
+                        "the generation phases' cached decoder step (module.compile.generation=true)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
 
@@ -157,8 +159,11 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     model = OFAModel(OFAConfig.from_preset(args.preset, vocab_size=VOCAB))
     batch = make_batch(args.batch, args.image_size, args.src_len, args.tgt_len)
-    if args.compile != "none":  # in place, as OFALitModule does; generation calls encode/decoder: eager
-        model.compile(backend=args.compile)
+    if args.compile != "none":  # as OFALitModule does: the forward in place, and the cached decoder step
+        if "train" in args.phases:
+            model.compile(backend=args.compile)
+        if {"beam5", "greedy"} & set(args.phases):
+            model.compile_decoding(backend=args.compile)  # dynamic shapes; the warm-up call compiles each shape
     makers = {"train": lambda: train_step(model.train(), batch, args.optim, args.precision, args.layout),
               "beam5": lambda: generate_step(model.eval(), batch, 5, args.tgt_len),
               "greedy": lambda: generate_step(model.eval(), batch, 1, args.tgt_len)}

@@ -71,10 +71,13 @@ class EMAConfig:
 @dataclass
 class CompileConfig:
     """`torch.compile` of the model's forward (training and the evaluation loss; beam search calls the encoder
-    and decoder directly and stays eager). Compiled in place (`nn.Module.compile`), so parameter names and
-    checkpoint keys carry no `_orig_mod.`. The other keys are `torch.compile`'s arguments."""
+    and decoder directly). Compiled in place (`nn.Module.compile`), so parameter names and checkpoint keys
+    carry no `_orig_mod.`. `generation`: the cached decoder step of generation too (`OFAModel.compile_decoding`,
+    dynamic shapes unless `dynamic` says otherwise), independently of `enabled`. The other keys are
+    `torch.compile`'s arguments."""
 
     enabled: bool = False
+    generation: bool = False
     backend: str = "inductor"  # "aot_eager": no code generation (checks that a model traces)
     mode: str | None = None  # None (default) | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     dynamic: bool | None = None  # None: recompile once a shape varies, then dynamic shapes
@@ -137,9 +140,12 @@ class OFALitModule(pl.LightningModule):
             self.model = strategy.shard_model(self.model)
         if self.cfg.ema.decay > 0:
             self.ema = EMA(self.model, self.cfg.ema.decay, self.cfg.ema.start_step)
-        if self.cfg.compile.enabled:  # last (after any sharding); in place: the parameter names stay
-            c = self.cfg.compile
+        c = self.cfg.compile
+        if c.enabled:  # last (after any sharding); in place: the parameter names stay
             self.model.compile(backend=c.backend, mode=c.mode, dynamic=c.dynamic, fullgraph=c.fullgraph)
+        if c.generation:
+            self.model.compile_decoding(backend=c.backend, mode=c.mode, fullgraph=c.fullgraph,
+                                        dynamic=True if c.dynamic is None else c.dynamic)
 
     def _init_bins(self) -> None:
         """`module.init_bins=fourier`: location-token rows as Fourier features of their position (from scratch)."""

@@ -276,6 +276,20 @@ def test_compiled_model_trains_like_eager_and_keeps_checkpoint_keys(tokenizer, s
     eager.load_state_dict(states["compiled"])
 
 
+def test_compile_generation_compiles_only_the_cached_decoder_step(tokenizer, monkeypatch) -> None:
+    """`module.compile.generation=true` alone: `OFAModel.compile_decoding` (tests/modules/test_generation_compile.py)
+    with dynamic shapes when `dynamic` is unset, and the config's backend; the forward stays eager."""
+    from ofa.lit_module import CompileConfig
+    from ofa.modules.model import OFAModel
+
+    calls = []
+    monkeypatch.setattr(OFAModel, "compile_decoding", lambda self, **options: calls.append(options))
+    module = make_module(tokenizer, compile=CompileConfig(generation=True, backend="eager"))
+    module.configure_model()
+    assert calls == [{"backend": "eager", "mode": None, "fullgraph": False, "dynamic": True}]
+    assert module.model._compiled_call_impl is None  # enabled=false: the forward is not compiled
+
+
 def test_fourier_bin_init_changes_only_the_location_rows(tokenizer, tmp_path: Path) -> None:
     bins = slice(tokenizer.bin_offset, tokenizer.bin_offset + tokenizer.num_bins)
     plain, fourier = make_module(tokenizer), make_module(tokenizer, init_bins="fourier")

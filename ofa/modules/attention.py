@@ -27,8 +27,9 @@ def position_bias(q_linear: nn.Linear, k_linear: nn.Linear, q_pos: Tensor, k_pos
 
 
 def key_padding_bias(pad: Tensor, dtype: torch.dtype) -> Tensor | None:
-    """Additive key mask (B, 1, 1, S) from `pad` (B, S) True = pad: -inf at padded keys; None when none is."""
-    if not bool(pad.any()):
+    """Additive key mask (B, 1, 1, S) from `pad` (B, S) True = pad: -inf at padded keys; None when none is
+    (under `torch.compile` the mask of zeros instead: no data-dependent branch to split the graph)."""
+    if not torch.compiler.is_compiling() and not bool(pad.any()):
         return None
     return torch.zeros(pad.shape, dtype=dtype, device=pad.device).masked_fill_(pad, float("-inf"))[:, None, None]
 
@@ -80,6 +81,8 @@ class MultiheadAttention(nn.Module):
             if cache is not None and "k" in cache:
                 return cache["k"], cache["v"]
             k, v = self._heads(self.k_proj(kv)), self._heads(self.v_proj(kv))  # (B, H, S, hd)
+            if cache is not None and torch.compiler.is_compiling():  # the layout of their `index_select`:
+                k, v = k.contiguous(), v.contiguous()  # a shrinking batch recompiles for no new stride
         else:
             k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))  # (B, H, T, hd)
             if cache is not None and "k" in cache:

@@ -135,10 +135,12 @@ class OFADecoder(nn.Module):
         return F.dropout(x, self.cfg.dropout, self.training)
 
     def _self_mask(self, tokens: Tensor, start: int) -> Tensor | None:
-        """Causal + pad-key mask (B|1,1,n,T) as an additive float, None when empty; a position sees itself."""
+        """Causal + pad-key mask (B|1,1,n,T) as an additive float, None when empty; a position sees itself.
+        Under `torch.compile` always the mask (zeros when empty: the same sums), so that no data-dependent
+        branch splits the compiled graph."""
         t = tokens.size(1)
         pad = tokens.eq(self.padding_idx)  # (B, T)
-        if t - start == 1 and not bool(pad.any()):  # one new position, nothing padded: nothing to mask
+        if t - start == 1 and not torch.compiler.is_compiling() and not bool(pad.any()):  # nothing to mask
             return None
         q = torch.arange(start, t, device=tokens.device)[:, None]
         k = torch.arange(t, device=tokens.device)[None, :]

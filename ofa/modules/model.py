@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -66,6 +68,15 @@ class OFAModel(nn.Module):
         self.encoder.reset_buffers()
         self.decoder.reset_buffers()
 
+    def compile_decoding(self, **options: Any) -> None:
+        """`torch.compile` the cached decoder step (`decode` with a cache: every step of generation); the
+        teacher-forced `decode` and `forward` stay as they are. `options` are `torch.compile`'s; `dynamic`
+        defaults to True (rows shrink as samples finish, the cache grows by one position per step), so a
+        generate call compiles a few variants (cache length 0, 1, >= 2, and a single live row: dynamo
+        specialises sizes 0 and 1), not one per step. The compiled wrapper is kept out of the module tree
+        (no new parameter names or state-dict keys)."""
+        self.__dict__["_compiled_step"] = torch.compile(self.decoder, **{"dynamic": True, **options})
+
     def new_cache(self) -> DecoderCache:
         """An empty incremental-decoding cache for `decode`."""
         return DecoderCache(len(self.decoder.layers))
@@ -81,7 +92,11 @@ class OFAModel(nn.Module):
 
         `encoder_out` has R rows, or R / G rows each serving G consecutive target rows (beams).
         """
-        return self.decoder(prev_output_tokens, encoder_out, code_masks, cache)
+        step = self.__dict__.get("_compiled_step") if cache is not None else None
+        if step is None:
+            return self.decoder(prev_output_tokens, encoder_out, code_masks, cache)
+        cache.bind(encoder_out)  # eagerly: its object-identity branches would each be a compiled variant
+        return step(prev_output_tokens, encoder_out, code_masks, cache)
 
     def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor, patch_images: Tensor | None = None,
                 patch_masks: Tensor | None = None, code_masks: Tensor | None = None,
