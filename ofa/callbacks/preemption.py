@@ -7,9 +7,11 @@ the step in flight and raises `SIGTERMException` (a `SystemExit`) after it, whic
 `on_exception`. The checkpoint is written through the trainer (`trainer.save_checkpoint`: the atomic
 checkpoint IO of `ofa.checkpoint_io`, every rank's state such as RNGs gathered) at the end of that training
 batch (`on_train_batch_end` with `trainer.received_sigterm` set), the very point where the step checkpoints
-are written, whose resumes are bitwise exact (tests/test_resume_exact.py; saved later, after the loop's
-epoch-end bookkeeping began, a resume at an epoch boundary would draw other batches). A signal that arrives
-after that point (during validation, or while a step checkpoint is written) is saved in `on_exception`.
+are written, whose resumes are bitwise exact (tests/test_resume_exact.py). A signal that arrives after that
+check (later in that hook, during validation, while a step checkpoint is written, or at an epoch's end) is saved
+in `on_exception`; in an epoch's last batch that is after Lightning counted the epoch completed, a state whose
+stream position `OFADataModule.state_dict` reads as the next epoch's start (tests/sigterm_at.py puts the signal
+at exactly these points).
 Then one line says where and how to resume, and `ofa.train` exits with `EXIT_CODE` (143 = 128 + SIGTERM),
 so a scheduler records a stopped job, not a finished one.
 """

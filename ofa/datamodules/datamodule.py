@@ -140,10 +140,16 @@ class OFADataModule(pl.LightningDataModule):
 
     # ---- position in the training stream (saved in checkpoints) -------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The epoch and the number of its batches trained on so far (the stream is a function of these)."""
+        """The epoch and the number of its batches trained on so far (the stream is a function of these).
+
+        Between epochs (the fit loop has counted epoch e completed and not yet started e + 1: a checkpoint saved
+        after the epoch-end bookkeeping, e.g. a SIGTERM seen only then), `current_epoch` is already e + 1 while
+        the batch counter still holds epoch e's count: the position is then the start of e + 1."""
         if self.trainer is None:
             return {}
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        epochs = self.trainer.fit_loop.epoch_progress.current
+        in_epoch = epochs.started > epochs.completed
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if in_epoch else 0
         return {"train_position": {"epoch": self.trainer.current_epoch, "batches": done}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

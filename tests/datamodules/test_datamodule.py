@@ -141,3 +141,38 @@ def test_lightning_runs_batches_per_epoch_with_the_trainer_epoch_and_validates_a
         loader = caption_dm(stub_task, synthetic_shards, batches_per_epoch=3).train_dataloader()
         loader.set_epoch(epoch)
         assert model.seen[epoch] == [i for batch in ids_of(loader) for i in batch]
+
+
+@pytest.mark.parametrize("saved_at, position, resume_at", [
+    ("mid_epoch", {"epoch": 1, "batches": 3}, (1, 3)),
+    ("epoch_end", {"epoch": 1, "batches": 5}, (2, 0)),  # on_train_epoch_end: the epoch not yet counted completed
+    ("after_epoch", {"epoch": 2, "batches": 0}, (2, 0)),  # after it (a SIGTERM seen at the epoch's end)
+])
+def test_train_position_in_checkpoints_follows_the_fit_loop(stub_task, synthetic_shards, saved_at: str,
+                                                            position: dict, resume_at: tuple) -> None:
+    """The saved stream position at each point Lightning may save during epoch 1 (5 batches per epoch), with
+    Lightning's own progress counters, and where a resume starts drawing batches."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.loops.progress import _BatchProgress, _Progress
+
+    epochs, batches = _Progress(), _BatchProgress()
+    for _ in range(2):  # epochs 0 and 1 started; 0 completed
+        epochs.increment_ready(), epochs.increment_started()
+    epochs.increment_processed(), epochs.increment_completed()
+    for _ in range(3 if saved_at == "mid_epoch" else 5):
+        batches.increment_ready(), batches.increment_started(), batches.increment_processed()
+        batches.increment_completed()
+    if saved_at != "mid_epoch":
+        epochs.increment_processed()
+    if saved_at == "after_epoch":
+        epochs.increment_completed()
+    dm = caption_dm(stub_task, synthetic_shards)
+    dm.trainer = SimpleNamespace(current_epoch=epochs.current.completed,
+                                 fit_loop=SimpleNamespace(epoch_progress=epochs,
+                                                          epoch_loop=SimpleNamespace(batch_progress=batches)))
+    state = dm.state_dict()
+    assert state == {"train_position": position}
+    fresh = caption_dm(stub_task, synthetic_shards)
+    fresh.load_state_dict(state)
+    assert fresh._resume_at == resume_at
