@@ -1,9 +1,12 @@
 """Run the real `python train.py ...` commands of the tests cheaply.
 
-- `run_command(cmd, cwd, env)`: like `subprocess.run(..., capture_output=True, text=True)`. A command that
-  is `<this python> <checkout>/train.py ...` is started by the train server (tests/train_server.py): a
-  process of its own, forked from one that already imported torch and Lightning, so it skips ~4 s of
-  imports. Anything else is a plain subprocess.
+- `run_command(cmd, cwd, env)`: like `subprocess.run(..., capture_output=True, text=True)`. A command of
+  this python (`<python> script.py ...`, `<python> -m module ...`, `<python> -c code ...`) is started by the
+  train server (tests/train_server.py): a process of its own, forked from one that already imported torch
+  and Lightning, so it skips 4-6 s of imports. Anything else is a plain subprocess; so is a test that needs
+  a fresh interpreter (what an import pulls in), with `subprocess.run` itself.
+- `shell_words(typed)`: the words bash makes of a command line as a user types it (quotes, brace
+  expansion), for running a documented command through `run_command`.
 - `run_concurrently(commands, cwd, env)`: several independent commands two at a time (the machine's cores).
 """
 from __future__ import annotations
@@ -94,11 +97,18 @@ def train_server() -> TrainServer:
 
 
 def run_command(cmd: Sequence[str], cwd: Path, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`subprocess.run` semantics (output captured as text); train.py commands go through the train server."""
+    """`subprocess.run` semantics (output captured as text); commands of this python go through the train
+    server."""
     cmd = [str(c) for c in cmd]
-    if len(cmd) >= 2 and cmd[0] == sys.executable and cmd[1] == TRAIN:
+    if len(cmd) >= 2 and cmd[0] == sys.executable and (cmd[1] in ("-c", "-m") or cmd[1].endswith(".py")):
         return train_server().run(cmd[1:], cwd, env, timeout)
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def shell_words(typed: str) -> list[str]:
+    """The argv bash makes of `typed` (a command line as a user types it: quoting, brace expansion)."""
+    out = subprocess.run(["bash", "-c", f"printf '%s\\0' {typed}"], capture_output=True, text=True, check=True)
+    return out.stdout.split("\0")[:-1]
 
 
 def run_concurrently(commands: Sequence[Sequence[str]], cwd: Path, env: dict, timeout: float = 300,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from subprocess_runs import run_command, run_concurrently
+from subprocess_runs import run_command, run_concurrently, shell_words
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # seconds per run: a hang (e.g. on the network) fails the test instead of blocking CI
@@ -88,8 +88,8 @@ def test_wandb_offline_checkpoints_and_resume(synthetic_data_dir: Path, tmp_path
 def test_unset_wandb_mode_defaults_to_offline() -> None:
     code = ("import os; os.environ.pop('WANDB_MODE', None); from ofa.utils.wandb import default_offline; "
             "default_offline(); print(os.environ['WANDB_MODE'])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert out.stdout.strip() == "offline"
+    out = run_command([sys.executable, "-c", code], ROOT, dict(os.environ), timeout=60)
+    assert out.stdout.strip() == "offline", out.stderr[-2000:]
 
 
 def test_validate_stage_and_init_from(synthetic_data_dir: Path, tmp_path: Path, tokenizer) -> None:
@@ -140,9 +140,9 @@ def rooted_overrides(data_dir: Path, root: Path) -> list[str]:
 
 
 def shell(typed: str, args: list[str]) -> list[str]:
-    """`bash -c 'python train.py TYPED ARGS'`: TYPED as a user types it (as the docs write it), ARGS (the
-    tiny model and data) quoted for the shell."""
-    return ["bash", "-c", f"{shlex.quote(sys.executable)} {shlex.quote(str(ROOT / 'train.py'))} {typed} {shlex.join(args)}"]
+    """`python train.py TYPED ARGS`: TYPED made into words by bash as when a user types it (as the docs write
+    it: quotes, brace expansion), ARGS (the tiny model and data) as they are."""
+    return [sys.executable, str(ROOT / "train.py"), *shell_words(typed), *args]
 
 
 SWEEPS = {"-m optim.lr=1e-5,3e-5": [1e-5, 3e-5], "hparams_search=lr": [1e-4, 3e-4, 1e-3]}

@@ -31,3 +31,16 @@ def test_a_served_run_gets_its_own_cwd_env_session_and_status(tmp_path) -> None:
         del os.environ["OTHER"]
     assert proc.returncode == 7
     assert proc.stdout.strip().split(None, 4) == [str(tmp_path), "x", "None", "True", "['a', 'b']"]
+
+
+def test_served_dash_c_and_dash_m_set_argv_path_and_main_as_the_interpreter(tmp_path) -> None:
+    (tmp_path / "probe_mod.py").write_text("import sys; print(__name__, sys.argv, sys.path[0])")
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    code = run_command([sys.executable, "-c", "import sys; print(__name__, sys.argv, repr(sys.path[0]))", "a"],
+                       tmp_path, env)
+    module = run_command([sys.executable, "-m", "probe_mod", "b"], tmp_path, env)
+    assert (code.returncode, code.stdout.strip()) == (0, "__main__ ['-c', 'a'] ''")
+    assert (module.returncode, module.stderr) == (0, "")
+    assert module.stdout.strip() == f"__main__ {[str(tmp_path / 'probe_mod.py'), 'b']} {tmp_path}"
+    checkpoint = run_command([sys.executable, "-m", "ofa.checkpoint", "--help"], tmp_path, env)  # imported already
+    assert checkpoint.returncode == 0 and checkpoint.stderr == "" and "convert" in checkpoint.stdout

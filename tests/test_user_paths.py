@@ -16,7 +16,7 @@ import torch
 
 from ofa import checkpoint as ck
 from ofa.utils.config_errors import worker_error
-from subprocess_runs import run_concurrently
+from subprocess_runs import run_command, run_concurrently
 from test_train import ROOT, base_overrides, read_metrics, run_train
 
 SHORT = ["trainer.max_epochs=1", "data.batches_per_epoch=2", "trainer.limit_val_batches=1",
@@ -153,8 +153,7 @@ def test_failed_hf_export_leaves_no_folder(fitted: Path, tmp_path: Path) -> None
     ck.convert(fitted / "checkpoints" / "last.ckpt", plat)
     cfg = json.loads((plat / ck.PLATFORM_CONFIG).read_text())
     (plat / ck.PLATFORM_CONFIG).write_text(json.dumps({**cfg, "resnet_layers": [2, 2, 2]}))  # same weights
-    proc = subprocess.run(convert_cmd(str(plat), str(tmp_path / "hf"), "--format", "hf"), cwd=ROOT, env=env(),
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = run_command(convert_cmd(str(plat), str(tmp_path / "hf"), "--format", "hf"), ROOT, env())
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "error: unsupported OFA variant: the HF port cannot express custom resnet_layers"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nano_like"]

@@ -1,15 +1,19 @@
-"""Run train.py many times without paying its imports (torch, Lightning, Hydra: ~4 s of one core) each time.
+"""Run train.py (and other Python commands of the project) many times without paying their imports (torch,
+Lightning, Hydra: 4-6 s of one core) each time.
 
 One server process imports `ofa.train` once and then forks a child per request. The child is a process of
 its own, like `python train.py ...`: its own argv, environment, working directory, stdout/stderr files,
 session (so a test can kill its whole group) and exit status; it runs the real root `train.py` as
 `__main__`, so everything after the imports — Hydra's command-line parsing, the exit handlers, DDP
-launching further real processes — is exactly what a user's command does. The server has no threads, so
-forking is safe, and it writes its answers with `os.write` (no Python-level locks are inherited held).
+launching further real processes — is exactly what a user's command does. The same for `python -m MODULE
+...` and `python -c CODE ...` (argv, `sys.path[0]` and `__main__` as the interpreter sets them). The server
+has no threads, so forking is safe, and it writes its answers with `os.write` (no Python-level locks are
+inherited held).
 
-Protocol (one JSON object per line): request `{"id", "argv", "env", "cwd", "out", "err"}` on stdin; the
-server answers `{"id", "pid"}` when the child starts and `{"id", "rc"}` when it ends (rc as subprocess
-reports it: negative for a signal).
+Protocol (one JSON object per line): request `{"id", "argv", "env", "cwd", "out", "err"}` on stdin (argv:
+the interpreter's arguments, `[script, ...]`, `["-m", module, ...]` or `["-c", code, ...]`); the server
+answers `{"id", "pid"}` when the child starts and `{"id", "rc"}` when it ends (rc as subprocess reports it:
+negative for a signal).
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ import runpy
 import select
 import sys
 import traceback
+import types
+import warnings
 
 
 def run_child(request: dict) -> None:
@@ -35,10 +41,9 @@ def run_child(request: dict) -> None:
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own streams, never closed
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    sys.argv = list(request["argv"])
     code = 0
     try:
-        runpy.run_path(sys.argv[0], run_name="__main__")
+        run_main(list(request["argv"]))
     except SystemExit as exit_:
         if isinstance(exit_.code, int) or exit_.code is None:
             code = exit_.code or 0
@@ -51,6 +56,24 @@ def run_child(request: dict) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def run_main(argv: list[str]) -> None:
+    """What the interpreter does with its arguments: a script, `-m module` or `-c code` as `__main__`."""
+    if argv[0] == "-c":
+        sys.argv, sys.path[0] = ["-c", *argv[2:]], ""
+        main = types.ModuleType("__main__")
+        sys.modules["__main__"] = main
+        exec(compile(argv[1], "<string>", "exec"), main.__dict__)  # noqa: S102 - the test's own command
+    elif argv[0] == "-m":
+        sys.argv, sys.path[0] = ["-m", *argv[2:]], os.getcwd()
+        # the server imported the module already (`python -m` would warn only if the package imported it)
+        warnings.filterwarnings("ignore", message=".*found in sys.modules after import of package",
+                                category=RuntimeWarning)
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv, sys.path[0] = argv, os.path.dirname(os.path.realpath(argv[0]))
+        runpy.run_path(argv[0], run_name="__main__")
 
 
 def answer(message: dict) -> None:

@@ -160,9 +160,10 @@ def test_format_summary() -> None:
 
 @pytest.mark.slow
 def test_counts_are_summed_over_ranks(stub_task, corrupt_shards, tmp_path, capfd) -> None:
-    """2 spawned ranks: each evaluation shard is read by one rank, so the sum over ranks is exact."""
+    """2 ranks (forked: no fresh interpreter to import): each evaluation shard is read by one rank, so the sum
+    over ranks is exact."""
     dm = datamodule(stub_task, corrupt_shards)
-    t = trainer(tmp_path, DataSkipLogger(every_n_steps=0), strategy="ddp_spawn", devices=2, max_epochs=1,
+    t = trainer(tmp_path, DataSkipLogger(every_n_steps=0), strategy="ddp_fork", devices=2, max_epochs=1,
                 use_distributed_sampler=False)
     t.validate(TinyModule(), datamodule=dm, verbose=False)
     out = capfd.readouterr().out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import subprocess
+import os
 import sys
 import tarfile
 from pathlib import Path
@@ -16,6 +16,7 @@ from PIL import Image
 
 from ofa.datamodules.convert import ConvertError, convert_coco, convert_jsonl, convert_tsv, main
 from ofa.datamodules.formats.common import decode_base64
+from subprocess_runs import ROOT, run_command
 
 
 def image_bytes(fmt: str = "JPEG", size: tuple[int, int] = (8, 6), color=(200, 30, 10)) -> bytes:
@@ -379,9 +380,8 @@ def test_jsonl_fields_and_errors(tmp_path, capsys):
 
 def test_cli_module_entry_point(tmp_path):
     path = write_lines(tmp_path / "g.tsv", [["an article", "a summary"], ["only one column"]])
-    proc = subprocess.run([sys.executable, "-m", "ofa.datamodules.convert", "gigaword", str(path),
-                           "--out", str(tmp_path / "out"), "--split", "valid", "--shard-size", "1"],
-                          capture_output=True, text=True, check=False)
+    proc = run_command([sys.executable, "-m", "ofa.datamodules.convert", "gigaword", str(path),
+                        "--out", str(tmp_path / "out"), "--split", "valid", "--shard-size", "1"], ROOT, dict(os.environ))
     assert proc.returncode == 0, proc.stderr
     assert f"{path}:2: wrong column count" in proc.stderr and "wrong column count: 1" in proc.stderr
     assert (tmp_path / "out" / "valid-000000.tar").exists() and (tmp_path / "out" / "valid-summary.json").exists()

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from subprocess_runs import ROOT, run_command
 
 TASK_FILE = '''
 """A throwaway text-only task: ` what is the first word of " {caption} "?` -> the first word."""
@@ -92,8 +91,7 @@ def test_a_new_task_is_one_file_one_config_one_registry_line(synthetic_data_dir:
             "debug=fdr", "logger=none"]
     code = LAUNCHER.format(plugin=str(plugin), args=args, train=str(ROOT / "train.py"))
     env = {**os.environ, "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_command([sys.executable, "-c", code], ROOT, env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"val/first_word/acc", "val/first_word/loss", "test/first_word/acc"} <= set(metrics)

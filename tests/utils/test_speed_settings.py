@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+import os
 import sys
 
 import pytest
@@ -11,6 +11,7 @@ from torch import nn
 
 from ofa.train import wants_malloc_keep
 from ofa.utils.optim import OptimConfig, build_optimizer, param_groups
+from subprocess_runs import ROOT, run_command
 
 
 def small_model() -> nn.Module:
@@ -72,7 +73,8 @@ print(sum(counts[-8:]))  # the last 8 allocations
 
 
 def page_faults(mode: str) -> int:
-    out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True)
+    out = run_command([sys.executable, "-c", FAULTS, mode], ROOT, dict(os.environ))  # a fresh process's heap
+    assert out.returncode == 0, out.stderr[-2000:]
     return int(out.stdout.split()[-1])
 
 
