@@ -62,26 +62,53 @@ class TrainServer:
                 return {}
             return self.events[run_id]
 
-    def run(self, argv: Sequence[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    def start(self, argv: Sequence[str], cwd: Path, env: dict, out: str = os.devnull,
+              err: str = os.devnull) -> ServedProcess:
+        """Start a run (stdout and stderr written to the files `out`, `err`) and return once it has its pid."""
         run_id = str(next(self.ids))
+        request = {"id": run_id, "argv": list(argv), "env": dict(env), "cwd": str(cwd), "out": out, "err": err}
+        with self.send_lock:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        return ServedProcess(self, run_id, self._wait_for(run_id, "pid", 60)["pid"], [sys.executable, *argv])
+
+    def run(self, argv: Sequence[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
         with tempfile.TemporaryDirectory() as tmp:
             out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
-            request = {"id": run_id, "argv": list(argv), "env": dict(env), "cwd": str(cwd), "out": out, "err": err}
-            with self.send_lock:
-                self.proc.stdin.write(json.dumps(request) + "\n")
-                self.proc.stdin.flush()
-            pid = self._wait_for(run_id, "pid", 60)["pid"]
-            done = self._wait_for(run_id, "rc", timeout)
-            if not done:
-                os.killpg(pid, signal.SIGKILL)
-                raise subprocess.TimeoutExpired([sys.executable, *argv], timeout)
+            proc = self.start(argv, cwd, env, out, err)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                kill_group(proc)
+                raise
             stdout, stderr = Path(out).read_text(errors="replace"), Path(err).read_text(errors="replace")
-        return subprocess.CompletedProcess([sys.executable, *argv], done["rc"], stdout, stderr)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(timeout=30)
+
+
+class ServedProcess:
+    """A run of the train server as `subprocess.Popen` offers one: `pid` (also its process group's), `args`,
+    `returncode`, `poll()`, `wait(timeout)`."""
+
+    def __init__(self, server: TrainServer, run_id: str, pid: int, args: list[str]) -> None:
+        self.server, self.run_id, self.pid, self.args = server, run_id, pid, args
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and (done := self.server._wait_for(self.run_id, "rc", 0)):
+            self.returncode = done["rc"]
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        done = self.server._wait_for(self.run_id, "rc", timeout)
+        if not done:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        self.returncode = done["rc"]
+        return self.returncode
 
 
 _server: TrainServer | None = None
@@ -118,19 +145,22 @@ def run_concurrently(commands: Sequence[Sequence[str]], cwd: Path, env: dict, ti
         return list(pool.map(lambda cmd: run_command(cmd, cwd, env, timeout), commands))
 
 
-def kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen | ServedProcess) -> None:
     """SIGKILL the process group of a run started with `start_new_session` (all its DDP ranks)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
 
 
 def start_train_until(args: Sequence[str], env: dict, logged_step: Callable[[], int], after_step: int,
-                      pipe: bool = False) -> subprocess.Popen:
+                      pipe: bool = False) -> subprocess.Popen | ServedProcess:
     """Start `python train.py ARGS` in a session of its own and return it once `logged_step()` (the newest step
-    in its log) reaches `after_step`; a run that ends first or takes over 10 minutes is killed and fails."""
-    out = subprocess.PIPE if pipe else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, TRAIN, *args], cwd=ROOT, env=env, stdout=out, stderr=out, text=True,
-                            start_new_session=True)
+    in its log) reaches `after_step`; a run that ends first or takes over 10 minutes is killed and fails.
+    Served (no output kept), or with `pipe` a plain process whose stdout and stderr the caller reads."""
+    if pipe:
+        proc = subprocess.Popen([sys.executable, TRAIN, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    else:
+        proc = train_server().start([TRAIN, *args], ROOT, env)
     deadline = time.monotonic() + 600
     try:
         while logged_step() < after_step:

@@ -44,3 +44,14 @@ def test_served_dash_c_and_dash_m_set_argv_path_and_main_as_the_interpreter(tmp_
     assert module.stdout.strip() == f"__main__ {[str(tmp_path / 'probe_mod.py'), 'b']} {tmp_path}"
     checkpoint = run_command([sys.executable, "-m", "ofa.checkpoint", "--help"], tmp_path, env)  # imported already
     assert checkpoint.returncode == 0 and checkpoint.stderr == "" and "convert" in checkpoint.stdout
+
+
+def test_a_started_run_is_polled_waited_for_and_killed_with_its_group(tmp_path) -> None:
+    import signal
+
+    from subprocess_runs import kill_group
+
+    proc = train_server().start(["-c", "import time; time.sleep(60)"], tmp_path, dict(os.environ))
+    assert proc.poll() is None and os.getpgid(proc.pid) == proc.pid
+    kill_group(proc)
+    assert proc.wait(timeout=30) == -signal.SIGKILL and proc.poll() == proc.returncode == -signal.SIGKILL
