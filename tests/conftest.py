@@ -7,7 +7,8 @@
 - `tokenizer`: the dataset's `OFATokenizer` (trained layout, 8192 codes, 1000 bins).
 - `tiny_vqgan_dir`: a random 8x-downsampling Gumbel VQGAN (32 codes) saved as model.yaml + last.ckpt.
 - `stub_task`: factory of a minimal task (`name`, `preprocess`) for data tests that need no real task.
-- `trained_nano`: an ofa_nano trained briefly on that dataset (tests/trained_nano.py), for the user-surface tests.
+- `trained_nano`: an ofa_nano trained briefly on a synthetic world of its own (tests/trained_nano.py), for the
+  user-surface tests.
 """
 from __future__ import annotations
 
@@ -85,9 +86,10 @@ def tiny_vqgan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_nano(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """An ofa_nano trained ~100 steps on the synthetic world (tests/trained_nano.py): `.ckpt`, `folder`,
-    `settings`; shared by the API, ofa-predict and demo tests (about 20 s, once per session)."""
+def trained_nano(tmp_path_factory: pytest.TempPathFactory):
+    """An ofa_nano trained 250 steps on a synthetic world of its own (tests/trained_nano.py): `.ckpt`, `folder`,
+    `settings`, `data_dir`; reads the large object's colour. Shared by the API, ofa-predict and demo tests
+    (about 30 s, once per session)."""
     from trained_nano import train_nano
 
-    return train_nano(synthetic_data_dir, tmp_path_factory.mktemp("trained_nano"))
+    return train_nano(tmp_path_factory.mktemp("trained_nano"))
