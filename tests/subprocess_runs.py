@@ -1,7 +1,7 @@
 """Run the real `python train.py ...` commands of the tests cheaply.
 
 - `run_command(cmd, cwd, env)`: like `subprocess.run(..., capture_output=True, text=True)`. A command of
-  this python (`<python> script.py ...`, `<python> -m module ...`, `<python> -c code ...`) is started by the
+  this python (`<python> SCRIPT ...`, `<python> -m module ...`, `<python> -c code ...`) is started by the
   train server (tests/train_server.py): a process of its own, forked from one that already imported torch
   and Lightning, so it skips 4-6 s of imports. Anything else is a plain subprocess; so is a test that needs
   a fresh interpreter (what an import pulls in), with `subprocess.run` itself.
@@ -127,7 +127,7 @@ def run_command(cmd: Sequence[str], cwd: Path, env: dict, timeout: float = 300) 
     """`subprocess.run` semantics (output captured as text); commands of this python go through the train
     server."""
     cmd = [str(c) for c in cmd]
-    if len(cmd) >= 2 and cmd[0] == sys.executable and (cmd[1] in ("-c", "-m") or cmd[1].endswith(".py")):
+    if len(cmd) >= 2 and cmd[0] == sys.executable and (cmd[1] in ("-c", "-m") or Path(cwd, cmd[1]).is_file()):
         return train_server().run(cmd[1:], cwd, env, timeout)
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 

@@ -35,9 +35,11 @@ def env() -> dict:
 
 
 def convert_cmd(*args: str) -> list[str]:
-    """The installed `ofa-convert-data` script (as the docs call it), else its module."""
+    """The installed `ofa-convert-data` script (as the docs call it; run by this python, as its first line says,
+    so the train server starts it), else its module."""
     script = Path(sys.executable).parent / "ofa-convert-data"
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "ofa.datamodules.convert", *args]
+    module = [str(script)] if script.exists() else ["-m", "ofa.datamodules.convert"]
+    return [sys.executable, *module, *args]
 
 
 def train_cmd(run_dir: Path, *overrides: str) -> list[str]:
