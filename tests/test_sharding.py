@@ -2,7 +2,8 @@
 
 In-process (one rank, gloo): the sharded model computes what the unsharded one does, generation included, and
 a checkpoint folder swaps in atomically. As real `train.py` runs of 2 CPU processes (slow): the per-step losses
-equal a replicated 2-process DDP run's within float tolerance; a run SIGKILLed after its sharded checkpoint and
+equal a replicated 2-process DDP run's within float tolerance (that run's two ranks train on equal batch counts,
+then validate and test together); a run SIGKILLed after its sharded checkpoint and
 resumed with `ckpt_path=last` logs bitwise the uninterrupted run's losses, and so does the same checkpoint
 consolidated into one file; the consolidated `.ckpt` is laid out like the DDP run's (same keys, same optimizer
 layout) and a 1-process run continues from it."""
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import os
 import socket
 import subprocess
@@ -28,11 +30,15 @@ from ofa.modules.generation import GenerationConfig, SequenceGenerator
 from ofa.modules.model import OFAModel
 from ofa.sharding import dtype_of, shard_model, swap_in
 from subprocess_runs import kill_group, run_command, start_train_until
+from test_train import rank_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
             encoder_ffn_dim=64, decoder_ffn_dim=64, dropout=0.1)
 STEPS_PER_EPOCH, EPOCHS, EVERY, KILL_AFTER = 3, 2, 2, 3  # 6 steps; killed after step 3, resumed from step 2
+EVALUATE = [f"trainer.check_val_every_n_epoch={EPOCHS}", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+            "test_after_fit=true", "data.eval_batch_size=4", "task.generation.beam_size=2",
+            "task.generation.max_len_b=4", "task.ptb_tokenizer=false"]  # after the last step: the losses stay
 
 
 @pytest.fixture
@@ -156,14 +162,16 @@ def train_and_kill(args: list[str], run_dir: Path, after_step: int) -> None:
 
 @pytest.fixture(scope="module")
 def fsdp2_runs(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """FSDP2 and DDP (2 processes each) side by side; an FSDP2 run killed after its step-2 checkpoint and resumed
-    from its folder and, consolidated, from one file; a 1-process run that goes on for one more epoch from the
-    consolidated last checkpoint of the FSDP2 run. Run dirs."""
+    """FSDP2 and DDP (2 processes each) side by side, the DDP run validating and testing after its last step; an
+    FSDP2 run killed after its step-2 checkpoint and resumed from its folder and, consolidated, from one file; a
+    1-process run that goes on for one more epoch from the consolidated last checkpoint of the FSDP2 run. Run dirs,
+    and the DDP run's output (`ddp_output`)."""
     root = tmp_path_factory.mktemp("fsdp2")
     dirs = {"fsdp2": root / "fsdp2" / "run", "ddp": root / "ddp" / "run", "killed": root / "killed" / "first",
             "resumed": root / "killed" / "second", "single": root / "single" / "run",
             "from_file": root / "from_file" / "run"}
-    run_all([overrides(synthetic_data_dir, dirs[n], t) for n, t in (("fsdp2", "fsdp2"), ("ddp", "ddp_sim"))])
+    _, ddp = run_all([overrides(synthetic_data_dir, dirs["fsdp2"], "fsdp2"),
+                      overrides(synthetic_data_dir, dirs["ddp"], "ddp_sim") + EVALUATE])
     full = consolidate(dirs["fsdp2"] / "checkpoints" / "last.ckpt", root / "full.ckpt")
     with ThreadPoolExecutor(1) as pool:  # the 1-process run beside the one to kill
         single = pool.submit(run_all, [overrides(synthetic_data_dir, dirs["single"], "cpu") +
@@ -173,7 +181,7 @@ def fsdp2_runs(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactor
     killed = consolidate(dirs["killed"] / "checkpoints" / "last.ckpt", root / "killed.ckpt")
     run_all([overrides(synthetic_data_dir, dirs["resumed"], "fsdp2") + ["ckpt_path=last"],
              overrides(synthetic_data_dir, dirs["from_file"], "fsdp2") + [f"ckpt_path={killed}"]])
-    return dirs | {"full": full}
+    return dirs | {"full": full, "ddp_output": ddp.stdout + ddp.stderr}
 
 
 @pytest.mark.slow
@@ -183,6 +191,14 @@ def test_fsdp2_losses_equal_the_replicated_run(fsdp2_runs: dict[str, Path]) -> N
     for step, loss in replicated.items():
         assert sharded[step] == pytest.approx(loss, rel=1e-5, abs=1e-5), step
     assert (fsdp2_runs["fsdp2"] / "checkpoints" / "last.ckpt" / "meta.pt").is_file()  # a sharded folder
+
+
+@pytest.mark.slow
+def test_ddp_ranks_train_equal_batches_then_validate_and_test(fsdp2_runs: dict[str, Path]) -> None:
+    steps = STEPS_PER_EPOCH * EPOCHS
+    assert rank_counts(fsdp2_runs["ddp_output"]) == {0: (steps, steps), 1: (steps, steps)}, fsdp2_runs["ddp_output"]
+    metrics = json.loads((fsdp2_runs["ddp"] / "metrics.json").read_text())
+    assert {"val/caption/cider", "test/caption/cider"} <= set(metrics)
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """The real entry point, as a subprocess: fast_dev_run, W&B offline, checkpoints and resume, validate,
 init_from, config errors, sweeps (`-m`, `hparams_search`) and their summary, shard patterns as the docs type
-them (quoted: trains; unquoted: refused) and a 2-process CPU DDP run with equal batch counts per rank."""
+them (quoted: trains; unquoted: refused). A 2-process CPU DDP run's batch counts per rank, validation and test:
+test_sharding.py (the replicated run beside FSDP2's)."""
 from __future__ import annotations
 
 import csv
@@ -211,14 +212,3 @@ def test_an_unquoted_brace_pattern_is_refused_on_one_line(shard_pattern_runs: di
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith("config error: data.train_shards given 6 times: quote the brace pattern")
     assert lines[0].endswith(f"'data.train_shards={shard_pattern_runs['pattern']}'")
-
-
-@pytest.mark.slow
-def test_ddp_sim_two_processes_equal_batches(synthetic_data_dir: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "ddp"
-    proc = run_train(base_overrides(synthetic_data_dir, run_dir) + [
-        "trainer=ddp_sim", "logger=csv", "trainer.max_epochs=1", "data.batches_per_epoch=3",
-        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"])
-    counts = rank_counts(proc.stdout + proc.stderr)
-    assert counts == {0: (3, 3), 1: (3, 3)}, proc.stdout[-2000:]
-    assert "val/caption/cider" in read_metrics(run_dir)
