@@ -16,7 +16,7 @@ from ofa.datamodules.datamodule import LoaderConfig, OFADataModule, build_source
 from ofa.datamodules.negative_samples import ensure_negative_samples, is_synthetic_negatives
 from ofa.datamodules.shards import SHARD_KEYS, expand_shards
 from ofa.datamodules.synthetic import ensure_synthetic_dataset
-from ofa.datamodules.synthetic_codes import ensure_code_shards
+from ofa.datamodules.synthetic_codes import CODE_TASKS, ensure_code_shards, vqgan_stamp
 from ofa.datamodules.synthetic_judges import ensure_synthetic_judges
 from ofa.errors import RunConfigError
 from ofa.lit_module import OFALitModule
@@ -46,9 +46,12 @@ def prepare_data_dir(cfg: DictConfig) -> None:
     (`data.synthetic_dir`), then fill in what follows the data (`ofa.own_data`): `data.root`, absent default
     splits, and the answers, classes and tokenizer derived from the user's training shards (cached beside them)."""
     if cfg.data.get("synthetic_dir"):
+        task_nodes = cfg.task.tasks.items() if cfg.task.get("tasks") else [(cfg.task.name, cfg.task)]
+        for name, node in task_nodes:  # a missing VQGAN is refused before the world is generated
+            if name in CODE_TASKS and node.get("vqgan"):
+                vqgan_stamp(str(node.vqgan))
         path = ensure_synthetic_dataset(cfg.data.synthetic_dir)
         log.info("synthetic dataset: %s", path)
-        task_nodes = cfg.task.tasks.items() if cfg.task.get("tasks") else [(cfg.task.name, cfg.task)]
         for name, node in task_nodes:
             codes = ensure_code_shards(cfg.data.synthetic_dir, name, node)
             if codes is not None:

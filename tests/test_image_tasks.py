@@ -53,13 +53,14 @@ def test_image_task_trains_decodes_and_writes_grids(task: str, image_runs: dict,
     assert summary["config"]["vqgan"] == str(Path(summary["config"]["vqgan"]).resolve())
 
 
-def test_missing_vqgan_is_one_line(synthetic_data_dir: Path, tmp_path: Path) -> None:
+def test_missing_vqgan_is_one_line(tmp_path: Path) -> None:
     proc = run_command([sys.executable, str(ROOT / "train.py"), "task=image_gen", f"hydra.run.dir={tmp_path}",
                         f"paths.data_dir={tmp_path}", f"task.vqgan={tmp_path / 'none'}",
                         "model.code_image_size=64", "task.code_image_size=64", *TINY_MODEL, *FAST],
                        ROOT, {**os.environ, "WANDB_MODE": "offline"})
     assert proc.returncode != 0
     assert "task.vqgan=" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "synthetic").exists()  # refused before the world is generated
 
 
 def test_missing_synthetic_tokenizer_names_the_command(tmp_path: Path) -> None:
