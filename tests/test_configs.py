@@ -34,9 +34,15 @@ def data_overrides(data_dir: Path) -> list[str]:
             "data.num_workers=0"]
 
 
+_REGISTERED: set[tuple[str, ...]] = set()
+
+
 def compose_cfg(overrides: list[str], tmp_path: Path | None = None):
-    """Compose `train.yaml` as train.py would (with the hydra node, so `${hydra:...}` resolves)."""
-    register_schemas()
+    """Compose `train.yaml` as train.py would (with the hydra node, so `${hydra:...}` resolves). The schemas are
+    stored once per set of tasks (storing them all costs about as much as a composition)."""
+    if tuple(TASKS) not in _REGISTERED:
+        register_schemas()
+        _REGISTERED.add(tuple(TASKS))
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
