@@ -64,7 +64,8 @@ class TrainServer:
 
     def start(self, argv: Sequence[str], cwd: Path, env: dict, out: str = os.devnull,
               err: str = os.devnull) -> ServedProcess:
-        """Start a run (stdout and stderr written to the files `out`, `err`) and return once it has its pid."""
+        """Start a run (stdout and stderr written to the files `out`, `err`; the same path: one stream, as
+        `stderr=subprocess.STDOUT`) and return once it has its pid."""
         run_id = str(next(self.ids))
         request = {"id": run_id, "argv": list(argv), "env": dict(env), "cwd": str(cwd), "out": out, "err": err}
         with self.send_lock:

@@ -55,3 +55,10 @@ def test_a_started_run_is_polled_waited_for_and_killed_with_its_group(tmp_path) 
     assert proc.poll() is None and os.getpgid(proc.pid) == proc.pid
     kill_group(proc)
     assert proc.wait(timeout=30) == -signal.SIGKILL and proc.poll() == proc.returncode == -signal.SIGKILL
+
+
+def test_stdout_and_stderr_into_one_file_interleave_as_written(tmp_path) -> None:
+    log = str(tmp_path / "log")
+    code = "import sys; print('out 1', flush=True); print('err', file=sys.stderr, flush=True); print('out 2')"
+    assert train_server().start(["-c", code], tmp_path, dict(os.environ), out=log, err=log).wait(60) == 0
+    assert (tmp_path / "log").read_text() == "out 1\nerr\nout 2\n"

@@ -35,7 +35,8 @@ def run_child(request: dict) -> None:
     os.environ.update(request["env"])
     null = os.open(os.devnull, os.O_RDONLY)
     out = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    err = os.open(request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    same = request["err"] == request["out"]  # stderr into stdout's file, as `stderr=subprocess.STDOUT`
+    err = out if same else os.open(request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     for fd, target in ((null, 0), (out, 1), (err, 2)):
         os.dup2(fd, target)
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own streams, never closed
