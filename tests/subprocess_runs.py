@@ -124,6 +124,11 @@ def train_server() -> TrainServer:
         return _server
 
 
+# Started as soon as a test module imports this one (at collection): the server's imports use the second core
+# while the first tests run, instead of delaying the first test that runs a command.
+threading.Thread(target=train_server, daemon=True).start()
+
+
 def run_command(cmd: Sequence[str], cwd: Path, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     """`subprocess.run` semantics (output captured as text); commands of this python go through the train
     server."""

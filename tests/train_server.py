@@ -27,9 +27,10 @@ import types
 import warnings
 
 
-def run_child(request: dict) -> None:
+def run_child(request: dict, ready: int) -> None:
     """In the forked child: become `python train.py ...` and exit with its status."""
     os.setsid()
+    os.close(ready)  # tells the server the session exists: its pid is now also its process group's
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -109,9 +110,14 @@ def serve() -> None:
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
                 request = json.loads(line)
+                wait_end, ready = os.pipe()
                 pid = os.fork()
                 if pid == 0:
-                    run_child(request)
+                    os.close(wait_end)
+                    run_child(request, ready)
+                os.close(ready)
+                os.read(wait_end, 1)  # end of file once the child has its session (a kill of its group reaches it)
+                os.close(wait_end)
                 children[pid] = request["id"]
                 answer({"id": request["id"], "pid": pid})
         reap(children)
