@@ -1,4 +1,4 @@
-"""Run the real `python train.py ...` commands of the tests cheaply.
+"""Run the tests' real commands (`python train.py ...`, `python -m ofa...`) cheaply (docs/TESTING.md).
 
 - `run_command(cmd, cwd, env)`: like `subprocess.run(..., capture_output=True, text=True)`. A command of
   this python (`<python> SCRIPT ...`, `<python> -m module ...`, `<python> -c code ...`) is started by the
@@ -8,6 +8,8 @@
 - `shell_words(typed)`: the words bash makes of a command line as a user types it (quotes, brace
   expansion), for running a documented command through `run_command`.
 - `run_concurrently(commands, cwd, env)`: several independent commands two at a time (the machine's cores).
+- `start_train_until(args, env, logged_step, after_step)`: a served train.py run, returned once its log reached a
+  step (then kill it with `kill_group`).
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ PARALLEL = 2  # the CI machine's cores
 
 
 class TrainServer:
-    """Client of one train server process (started on first use, ended with the test session)."""
+    """Client of one train server process (started when a test module imports this one, ended with the test
+    session)."""
 
     def __init__(self) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
