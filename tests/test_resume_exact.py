@@ -176,21 +176,17 @@ def train_until_sigterm(args: list[str], run_dir: Path, after_step: int) -> subp
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-@pytest.mark.slow  # two train.py runs (+ the shared reference): ~20 s
-def test_sigterm_saves_the_current_step_and_resume_is_bitwise_exact(synthetic_data_dir: Path, tmp_path: Path,
-                                                                   reference_run) -> None:
-    reference = reference_run("cpu", 0)  # started now, beside the interrupted run
+def check_sigterm_resume(proc: subprocess.CompletedProcess, first: Path, second: Path, reference: Reference,
+                         note: str) -> int:
+    """The SIGTERMed run `proc` (run dir `first`) exited with 143 after saving last.ckpt at the step in flight and
+    printing one line with the command to resume; that command (run dir `second`) logs bitwise the reference's
+    losses for the remaining steps. Returns the saved step."""
     steps = STEPS_PER_EPOCH * EPOCHS
-    signal_after = random.randrange(steps - 3)  # leaves steps to interrupt
-    first, second = tmp_path / "first", tmp_path / "second"
-    every = 100  # no step checkpoint: last.ckpt can only come from the SIGTERM
-    proc = train_until_sigterm(overrides(synthetic_data_dir, first, 0, every), first, signal_after)
-    note = f"SIGTERM after step {signal_after}"
     assert proc.returncode == 143, (note, proc.stderr[-3000:])
     ckpt = first / "checkpoints" / "last.ckpt"
     saved_step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
     killed = losses(first)
-    assert saved_step == max(killed) + 1 > signal_after, (note, saved_step, sorted(killed))  # the step in flight ended
+    assert saved_step == max(killed) + 1, (note, saved_step, sorted(killed))  # the step in flight ended
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("preempted")]
     assert len(lines) == 1, proc.stderr[-3000:]
     head, command = lines[0].split("; resume with: ")
@@ -209,3 +205,34 @@ def test_sigterm_saves_the_current_step_and_resume_is_bitwise_exact(synthetic_da
     assert {s: reference_losses[s] for s in killed} == killed, note
     print(f"{note}: saved step {saved_step}, exit status {proc.returncode}, resumed steps {saved_step}..{steps - 1} "
           "equal to the uninterrupted run")
+    return saved_step
+
+
+@pytest.mark.slow  # two train.py runs (+ the shared reference): ~20 s
+def test_sigterm_saves_the_current_step_and_resume_is_bitwise_exact(synthetic_data_dir: Path, tmp_path: Path,
+                                                                   reference_run) -> None:
+    reference = reference_run("cpu", 0)  # started now, beside the interrupted run
+    signal_after = random.randrange(STEPS_PER_EPOCH * EPOCHS - 3)  # leaves steps to interrupt
+    first, second = tmp_path / "first", tmp_path / "second"
+    every = 100  # no step checkpoint: last.ckpt can only come from the SIGTERM
+    proc = train_until_sigterm(overrides(synthetic_data_dir, first, 0, every), first, signal_after)
+    saved_step = check_sigterm_resume(proc, first, second, reference, f"SIGTERM after step {signal_after}")
+    assert saved_step > signal_after
+
+
+@pytest.mark.parametrize("hook, step", [
+    ("batch_end", STEPS_PER_EPOCH),  # the epoch's last batch, after the end-of-batch check: seen at the epoch's end
+    pytest.param("batch_end", 3, marks=pytest.mark.slow),  # mid-epoch, after the end-of-batch check
+    pytest.param("epoch_end", STEPS_PER_EPOCH, marks=pytest.mark.slow)])  # during on_train_epoch_end
+def test_sigterm_at_an_exact_point_resumes_bitwise_exactly(synthetic_data_dir: Path, tmp_path: Path, reference_run,
+                                                           hook: str, step: int) -> None:
+    """The signal's timing made exact (tests/sigterm_at.py): a signal that misses the end-of-batch save of an epoch's
+    last batch is saved after Lightning counted the epoch completed, and that resume once skipped the next epoch's
+    batches (the data stream's position read the new epoch with the old epoch's batch count)."""
+    reference = reference_run("cpu", 0)
+    first, second = tmp_path / "first", tmp_path / "second"
+    args = [sys.executable, str(ROOT / "tests" / "sigterm_at.py"), hook, str(step),
+            *overrides(synthetic_data_dir, first, 0, 100)]
+    proc = run_command(args, ROOT, env(), 600)
+    saved_step = check_sigterm_resume(proc, first, second, reference, f"SIGTERM in {hook} at step {step}")
+    assert saved_step == step
