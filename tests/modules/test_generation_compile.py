@@ -1,5 +1,8 @@
 """`OFAModel.compile_decoding` (`module.compile.generation=true`): generation through the compiled cached decoder
-step gives the eager outputs, and compiles a few times per shape class, not once per step."""
+step gives the eager outputs, and compiles a few times per shape class, not once per step. The backend counts and
+runs the traced graphs as they are (no code generation); inductor's outputs (same tokens, scores within 1e-5) were
+checked once by a test that took 57 s here, left out of the suite for its time (experiments/README.md,
+"Compiled generation")."""
 from __future__ import annotations
 
 import pytest
@@ -53,14 +56,3 @@ def test_compiled_decoding_equals_eager_and_compiles_per_shape_not_per_step(beam
     assert counter.frame_count == first
     assert all("_orig_mod" not in key for key in model.state_dict())  # the compiled step is outside the tree
     assert dict(model.named_modules()).keys() == dict(nano_model().named_modules()).keys()
-
-
-@pytest.mark.slow  # inductor's code generation for the decoder step: ~ TODO s on the CI machine
-def test_inductor_compiled_decoding_matches_eager() -> None:
-    model = nano_model()
-    eager = generate(model, 3)
-    model.compile_decoding(backend="inductor")
-    compiled = generate(model, 3)
-    assert [[t for t, _ in sample] for sample in compiled] == [[t for t, _ in sample] for sample in eager]
-    for c_sample, e_sample in zip(compiled, eager):
-        assert [s for _, s in c_sample] == pytest.approx([s for _, s in e_sample], abs=1e-5)
