@@ -8,6 +8,7 @@
 # WORLD_DIR: a synthetic world with large val/test splits (experiments/README.md says how it was generated).
 # The set runs under the heavy-run lock of the shared machine (/tmp/ofa_heavy.lock, taken once); CLAIM_LOCKED=1 when
 # the caller holds it. Runs land in OUT_DIR/<arm>_s<seed> (logs beside them), wall times in OUT_DIR/runs.tsv.
+# SCST_EXTRA: more train.py overrides for both arms, e.g. SCST_EXTRA="task.image_size=64" from a 64-px base.
 set -euo pipefail
 [[ -z ${CLAIM_LOCKED:-} ]] && exec env CLAIM_LOCKED=1 flock /tmp/ofa_heavy.lock "$0" "$@"
 BASE=${1:?usage: scst_claim.sh BASE_CKPT WORLD_DIR OUT_DIR [STEPS] [LR] [SEEDS...]}
@@ -23,7 +24,7 @@ mkdir -p "$OUT"
 checkpoints=(base="$BASE")
 for seed in "${SEEDS[@]}"; do
   for arm in ce_more scst; do
-    extra=()
+    read -r -a extra <<< "${SCST_EXTRA:-}"
     [[ $arm == scst ]] && extra+=(task.scst.enabled=true task.label_smoothing=0)
     dir=$OUT/${arm}_s$seed
     start=$(date +%s); load=$(cut -d' ' -f1 /proc/loadavg)

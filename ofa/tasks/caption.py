@@ -8,7 +8,7 @@ frequencies come from the training references (`ofa.tasks.scst`, cached beside t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ofa.modules.generation import GenerationConfig
 from ofa.tasks.base import Sample, Task, TaskConfig
+from ofa.tasks.losses import N_SPECIALS
 from ofa.tasks.metrics import CaptionScores
 from ofa.tasks.scst import CiderD, ScstConfig, SelfCriticalLoss, cider_sentence
 from ofa.tasks.text import strip_punctuation
@@ -36,6 +37,10 @@ class CaptionConfig(TaskConfig):
     meteor: bool = True  # ≈9 s of Java per evaluation: switch off for quick runs
     ptb_tokenizer: bool = True  # coco-caption's Java PTB tokenizer; False = lower-case + split
     scst: ScstConfig = field(default_factory=ScstConfig)  # stage 2: CIDEr-D optimisation
+    # decode (and draw SCST's candidates from) text tokens only, never `<mask>` / `<code_i>` / `<bin_i>`. OFA decodes
+    # the whole vocabulary, which a pretrained model never wanders into; SCST from a model trained from scratch
+    # moved a quarter of its captions to image-code tokens (experiments/README.md, "SCST from a base that sees")
+    text_only: bool = False
 
 
 class CaptionTask(Task):
@@ -49,6 +54,10 @@ class CaptionTask(Task):
         super().__init__(tokenizer, cfg)
         self.cfg: CaptionConfig = cfg
         self.cider: CiderD | None = None  # SCST's reward: document frequencies of the training references
+        if cfg.text_only:  # SequenceGenerator allows the 4 specials and [start, end): the text tokens
+            text = (N_SPECIALS, tokenizer.mask)
+            self.cfg = replace(cfg, generation=replace(cfg.generation, constraint_range=text),
+                               scst=replace(cfg.scst, generation=replace(cfg.scst.generation, constraint_range=text)))
 
     # ---- data side -------------------------------------------------------------------------
     def preprocess(self, raw: dict[str, Any], split: str) -> Sample | None:
@@ -74,7 +83,8 @@ class CaptionTask(Task):
         if not self.cfg.scst.enabled:
             return None
         tok = self.tokenizer
-        return SelfCriticalLoss(self.cfg.scst, self.cider_rewards, pad=tok.pad, bos=tok.bos, eos=tok.eos)
+        return SelfCriticalLoss(self.cfg.scst, self.cider_rewards, pad=tok.pad, bos=tok.bos, eos=tok.eos,
+                                constraint_range=self.cfg.scst.generation.constraint_range)
 
     def cider_rewards(self, candidates: list[list[Tensor]], batch: dict[str, Any]) -> Tensor:
         """CIDEr-D of every candidate against its sample's references: (B, K)."""

@@ -163,3 +163,34 @@ def test_metric_syncs_across_ranks(demo, tmp_path: Path, empty_rank: bool) -> No
     for rank in range(2):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got["cider"] == pytest.approx(expected["cider"]) and got["bleu4"] == pytest.approx(expected["bleu4"])
+
+
+def test_text_only_keeps_decoding_and_scst_candidates_out_of_the_image_tokens(tokenizer) -> None:
+    """A model that prefers `<code_i>` tokens (as SCST from scratch made one) captions with them, unless text_only."""
+    from ofa.modules.config import OFAConfig
+    from ofa.modules.generation import GenerationConfig
+    from ofa.modules.model import OFAModel
+    from ofa.tasks.caption import CaptionConfig, CaptionTask
+    from ofa.tasks.scst import ScstConfig
+
+    torch.manual_seed(0)
+    model = OFAModel(OFAConfig.from_preset("ofa_nano", vocab_size=len(tokenizer), d_model=32, encoder_layers=1,
+                                           decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                                           encoder_ffn_dim=64, decoder_ffn_dim=64)).eval()
+    with torch.no_grad():  # every decoder state scores the image codes highest
+        codes = slice(tokenizer.code_offset, tokenizer.code_offset + tokenizer.num_codes)
+        model.encoder.embed_tokens.weight[codes] += 5.0
+        model.decoder.layer_norm.bias.fill_(1.0)
+    gen = GenerationConfig(beam_size=2, max_len_b=4)
+    scst = ScstConfig(enabled=True, candidates=2, generation=GenerationConfig(beam_size=2, max_len_b=4, return_all=True))
+    src = torch.tensor([[tokenizer.bos, 100, 101, tokenizer.eos]])
+    images, masks = torch.zeros(1, 3, 32, 32), torch.ones(1, dtype=torch.bool)
+    is_text = lambda t: int(t) < tokenizer.mask or int(t) == tokenizer.eos  # noqa: E731
+    for text_only in (False, True):
+        task = CaptionTask(tokenizer, CaptionConfig(image_size=32, generation=gen, scst=scst, meteor=False,
+                                                    ptb_tokenizer=False, text_only=text_only))
+        hyp = task.generator(model).generate(src, images, masks)[0][0]  # best hypothesis of sample 0
+        cands = task.training_criterion().candidates(model, {"src_tokens": src, "patch_images": images,
+                                                             "patch_masks": masks})
+        tokens = hyp.tokens.tolist() + [t for c in cands[0] for t in c.tolist()]
+        assert all(map(is_text, tokens)) == text_only, (text_only, tokens)
