@@ -112,6 +112,7 @@ def test_grounding_answer_is_drawn_on_the_page(server, browser, tmp_path) -> Non
 
 def test_caption_and_a_bad_upload(server, browser, tmp_path) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     assert submit(browser, server, synthetic_upload(tmp_path), "caption", "")  # a non-empty caption
     bad = tmp_path / "broken.png"
@@ -119,4 +120,6 @@ def test_caption_and_a_bad_upload(server, browser, tmp_path) -> None:
     browser.get(server)
     browser.find_element(By.ID, "image").send_keys(str(bad))
     browser.find_element(By.ID, "submit").click()
+    # the POST answers with a new page: wait for it (under load the old page is still there for a while)
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.ID, "error") or d.find_elements(By.ID, "answer"))
     assert "UnidentifiedImageError" in browser.find_element(By.ID, "error").text
