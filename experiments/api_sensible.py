@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 import ofa
+from ofa.datamodules.shards import read_shard
 from ofa.tasks.metrics_understanding import grounding_hits
 
 CAPTION_PROMPT = " what does the image describe?"
@@ -31,14 +32,8 @@ CAPTION_PROMPT = " what does the image describe?"
 
 def read_split(data_dir: Path, split: str, n: int) -> list[tuple[dict, bytes]]:
     """(record, jpeg bytes) of the split's first `n` samples, in shard order."""
-    out: dict[str, dict] = {}
-    for shard in sorted(data_dir.glob(f"{split}-*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar.getmembers():
-                key, ext = member.name.rsplit(".", 1)
-                out.setdefault(key, {})[ext] = tar.extractfile(member).read()
-    rows = [(json.loads(v["json"]), v["jpg"]) for v in out.values()]
-    return rows[:n]
+    raws = (raw for shard in sorted(data_dir.glob(f"{split}-*.tar")) for raw in read_shard(str(shard), None))
+    return [(json.loads(raw["json"]), raw["jpg"]) for raw in itertools.islice(raws, n)]
 
 
 def score(model: ofa.OFA, rows: list[tuple[dict, bytes]]) -> tuple[dict, dict]:

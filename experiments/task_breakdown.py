@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ofa.tasks.metrics_understanding import grounding_hits
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shuffled_image_control import load_run, load_trained  # noqa: E402
 
@@ -43,12 +45,8 @@ def scores(tasks, model, dm, roll: bool) -> dict[str, dict[str, list[float]]]:  
                 if roll:
                     batch = {**batch, "patch_images": batch["patch_images"].roll(1, 0)}
                 if task_name == "grounding":
-                    pred = task.predict_boxes(model, batch)
                     gt = torch.tensor([m["box"] for m in batch["meta"]], dtype=torch.float64)
-                    lt, rb = torch.maximum(pred[:, :2], gt[:, :2]), torch.minimum(pred[:, 2:], gt[:, 2:])
-                    inter = (rb - lt).clamp(min=0).prod(1)
-                    area = lambda b: (b[:, 2:] - b[:, :2]).clamp(min=0).prod(1)  # noqa: E731
-                    hits = (inter / (area(pred) + area(gt) - inter) >= 0.5).tolist()
+                    hits = grounding_hits(task.predict_boxes(model, batch), gt).tolist()  # the metric's own rule
                     for m, hit in zip(batch["meta"], hits):
                         out[task_name][kind(m["text"], REF_TYPES)].append(float(hit))
                     continue
