@@ -90,15 +90,14 @@ def timed(fn, steps: int) -> tuple[list[float], float, float]:
     return times, peak_rss_mb(), warmup
 
 
-def train_step(model: OFAModel, batch: dict, optim: str, precision: str = "fp32", layout: str = "nchw"):
+def train_step(model: OFAModel, batch: dict, optim: str, precision: str = "fp32", layout: str = "channels_last"):
     """The paired bench's step: forward, loss, backward, AdamW (`bench`: PyTorch's default kernel; `fused`).
     Opt-in levers that change the numerics (not the reference model's float32 results; not defaults):
     `precision="bf16"` runs the forward under CPU autocast (bfloat16 matmuls and convolutions: AMX where the CPU
-    has it), `layout="channels_last"` keeps the ResNet's weights and images channels-last (oneDNN's layout)."""
+    has it). `layout`: the ResNet's CPU activations, `channels_last` (the module's default) or `contiguous`
+    (the reference's layout; the default before 2026-12-07)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if optim == "fused" else {}))
-    if layout == "channels_last":
-        model.encoder.embed_images.to(memory_format=torch.channels_last)
-        batch = {**batch, "patch_images": batch["patch_images"].contiguous(memory_format=torch.channels_last)}
+    model.encoder.embed_images.channels_last = layout == "channels_last"
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -142,8 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="AdamW kernel of the train phase: the paired bench's (PyTorch default) or fused (ofa-train's)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="train phase: float32 (the reference's numerics) or bfloat16 CPU autocast (opt-in)")
-    p.add_argument("--layout", choices=("nchw", "channels_last"), default="nchw",
-                   help="train phase: the ResNet's memory layout (channels_last: opt-in, see experiments/README.md)")
+    p.add_argument("--layout", choices=("channels_last", "contiguous"), default="channels_last",
+                   help="train phase: the ResNet's CPU activations (channels_last: the module's default)")
     p.add_argument("--compile", choices=("none", "inductor", "aot_eager"), default="none",
                    help="torch.compile: the train phase's model forward (module.compile.enabled=true in ofa-train), "
                         "the generation phases' cached decoder step (module.compile.generation=true)")

@@ -26,13 +26,28 @@ class DecoderCache:
 
     `index_select(order)` reorders the per-target-row state in place (beam search) and returns the
     cache; the encoder side follows the `EncoderOut` given to the next call.
+
+    With `reuse_logits` (`SequenceGenerator` sets it), the logits a cached call returns are written into one
+    buffer the cache keeps (`logits_buffer`): the next call with the same cache overwrites them. A step's (R, V) logits are tens of MB (V = 59457); a fresh
+    tensor per step costs a page fault per 4 KB page under glibc's default allocator, more than the
+    output projection itself for beam search (experiments/README.md, "Generation without fresh buffers").
     """
 
-    def __init__(self, num_layers: int) -> None:
+    def __init__(self, num_layers: int, reuse_logits: bool = False) -> None:
+        self.reuse_logits = reuse_logits
         self.layers: list[dict[str, dict[str, Tensor]]] = [{"self": {}, "cross": {}} for _ in range(num_layers)]
         self.static: dict[str, Tensor] = {}  # per target row (or one row shared by all rows)
         self.encoder: dict[str, Tensor] = {}  # per encoder row (or one shared row), derived from `enc`
         self.enc: EncoderOut | None = None
+        self.scratch: Tensor | None = None  # the logits of the last call (flat, grown as needed)
+
+    def logits_buffer(self, rows: int, vocab: int, like: Tensor) -> Tensor:
+        """A (rows, 1, vocab) tensor of `like`'s dtype and device, reusing the previous call's storage."""
+        size = rows * vocab
+        if self.scratch is None or self.scratch.numel() < size or self.scratch.dtype != like.dtype \
+                or self.scratch.device != like.device:
+            self.scratch = torch.empty(size, dtype=like.dtype, device=like.device)
+        return self.scratch[:size].view(rows, 1, vocab)
 
     @property
     def length(self) -> int:
@@ -220,19 +235,26 @@ class OFADecoder(nn.Module):
                 cache: DecoderCache | None = None) -> Tensor:
         """Logits (B,T,V) without a cache; with a cache only the last position's, (B,1,V)."""
         x, _ = self.extract_features(tokens, enc, code_masks, cache)
-        if cache is not None:
-            x = x[:, -1:]
-        return self.project(x)
+        if cache is None:
+            return self.project(x)
+        x = x[:, -1]  # (R, D)
+        weight = self.output_projection.weight  # (V, D)
+        if not cache.reuse_logits or torch.is_grad_enabled() or torch.compiler.is_compiling() \
+                or torch.is_autocast_enabled(x.device.type) or x.dtype != weight.dtype:
+            return self.project(x[:, None])
+        out = cache.logits_buffer(x.size(0), weight.size(0), x)  # (R, 1, V)
+        torch.mm(x, weight.t(), out=out.view(x.size(0), -1))
+        return out
 
     def project(self, x: Tensor) -> Tensor:
         """Output projection (R, n, D) -> logits (R, n, V).
 
-        Without autograd and for a few rows (incremental decoding) as `(W @ x^T)^T`: for this shape
-        (few rows, a 59k-row weight) MKL's GEMM is 1.2x (40 rows) to 2.5x (8 rows) faster that way
-        on CPU; with more rows the transpose copy costs more than it saves.
+        Without autograd and for at most 8 rows as `(W @ x^T)^T`: for this shape (a 59k-row weight) MKL's
+        GEMM is ~1.25x faster that way on CPU; from 12 rows on the transpose copy costs more than it saves
+        (2.7x slower at 40 rows; `experiments/README.md`, "Generation without fresh buffers").
         """
         r, n, d = x.shape
-        if torch.is_grad_enabled() or x.device.type != "cpu" or r * n > 64:
+        if torch.is_grad_enabled() or x.device.type != "cpu" or r * n > 8:
             return self.output_projection(x)
         logits = torch.mm(self.output_projection.weight, x.reshape(r * n, d).t())  # (V, R*n)
         return logits.t().contiguous().view(r, n, -1)

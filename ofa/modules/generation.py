@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
+from ofa.modules.decoder import DecoderCache
 from ofa.modules.logits import NUM_SPECIALS, banned_ngram_mask, range_allowed_mask, top_k_top_p_filter
 from ofa.modules.logits import trie_allowed_mask
 from ofa.modules.trie import Trie
@@ -123,6 +124,25 @@ class _Beams:
     cache: Any  # decoder cache, N*K rows
 
 
+class _Workspace:
+    """Per-`generate` (R, V) buffers, reused by every step instead of allocated afresh.
+
+    Under glibc's default allocator a fresh tensor of this size is mmap'd and page-faulted in at every
+    step; for beam 5 over a 59k vocabulary that cost more than the output projection (experiments/README.md,
+    "Generation without fresh buffers"). Rows only shrink during a search, so a view of the first rows fits.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, like: Tensor) -> Tensor:
+        """A tensor shaped, typed and placed like `like`, backed by this workspace's buffer `name`."""
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < like.numel() or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self.buffers[name] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+        return buf[:like.numel()].view(like.shape)
+
+
 class SequenceGenerator:
     """Beam search / sampling over an encoder-decoder with `encode`, `new_cache` and cached `decode`."""
 
@@ -152,9 +172,10 @@ class SequenceGenerator:
         """The decoding loop: one cached decoder step per position, until every sample is done."""
         rng = self._rng(beams.tokens.device)
         finished: list[list[Hypothesis]] = [[] for _ in range(bsz)]
+        work = _Workspace()
         for step in range(max_len + 1):
             logits = self.model.decode(beams.tokens, beams.enc, code_masks=beams.code_masks, cache=beams.cache)
-            lprobs = self._log_probs(logits[:, -1].float(), beams, step, max_len, constraint_trie)  # (N*K, V)
+            lprobs = self._log_probs(logits[:, -1].float(), beams, step, max_len, constraint_trie, work)  # (N*K, V)
             scores, tokens, origin = self._candidates(lprobs, beams.cum, rng)  # (N, C) each
             self._finalize(finished, beams, lprobs, scores, tokens, origin, step)
             done = torch.tensor([len(finished[i]) >= self.cfg.beam_size or step >= max_len
@@ -180,7 +201,14 @@ class SequenceGenerator:
             sample_ids=list(range(bsz)), tokens=torch.full((bsz * k, 1), self.bos, dtype=torch.long, device=device),
             positional=torch.zeros(bsz * k, 0, device=device), cum=cum.view(-1), prefix=prefix, prefix_len=plen,
             code_masks=code_masks[rows] if code_masks is not None else None, enc=enc,
-            cache=self.model.new_cache())
+            cache=self._new_cache())
+
+    def _new_cache(self) -> Any:
+        """The model's decoder cache; an `OFADecoder` cache returns each step's logits in one reused buffer."""
+        cache = self.model.new_cache()
+        if isinstance(cache, DecoderCache):
+            cache.reuse_logits = True  # the search reads a step's logits before the next step
+        return cache
 
     def _pad_prefix(self, prefix_tokens: Tensor | Sequence[Tensor] | None, device: torch.device) -> Tensor | None:
         if prefix_tokens is None or isinstance(prefix_tokens, Tensor):
@@ -196,25 +224,26 @@ class SequenceGenerator:
         return torch.Generator(device=device).manual_seed(self.cfg.seed)
 
     # ------------------------------------------------------------------ one step
-    def _log_probs(self, logits: Tensor, beams: _Beams, step: int, max_len: int, trie: Trie | None) -> Tensor:
-        """Masked, temperature-scaled next-token log-probs (N*K, V) for the current step."""
+    def _log_probs(self, logits: Tensor, beams: _Beams, step: int, max_len: int, trie: Trie | None,
+                   work: _Workspace) -> Tensor:
+        """Masked, temperature-scaled next-token log-probs (N*K, V) for the current step (in `work`)."""
         forced = self._forced_tokens(beams, step) if step < max_len else None  # (N*K,) pad = free
         free = forced.eq(self.pad) if forced is not None else None  # None = every row is free
         allowed = self._allowed(beams, free, step >= max_len, trie, logits.size(1))  # (N*K, V) | None
         if allowed is not None and not self.cfg.constraints_after_softmax:
-            logits = logits.masked_fill(~allowed, NEG_INF)
+            logits = logits.masked_fill_(~allowed, NEG_INF)  # in place: the step's own buffer
         if self.cfg.temperature != 1.0:
-            logits = logits / self.cfg.temperature
-        lprobs = torch.log_softmax(logits, dim=-1)
+            logits = logits.div_(self.cfg.temperature)
+        lprobs = torch.log_softmax(logits, dim=-1, out=work.get("lprobs", logits))
         if allowed is not None:  # a row with nothing allowed is NaN after the softmax
             if self.cfg.constraints_after_softmax:
                 lprobs.masked_fill_(~allowed, NEG_INF)
             lprobs.masked_fill_(lprobs.isnan(), NEG_INF)
         lprobs[:, self.pad] = NEG_INF
         if step >= max_len:  # only </s>
-            only_eos = torch.full_like(lprobs, NEG_INF)
-            only_eos[:, self.eos] = lprobs[:, self.eos]
-            return only_eos
+            eos = lprobs[:, self.eos].clone()
+            lprobs.fill_(NEG_INF)[:, self.eos] = eos
+            return lprobs
         self._ban_(lprobs, beams, step, free)
         if free is not None and not bool(free.all()):  # forced rows keep only their prefix token
             keep = torch.nn.functional.one_hot(forced, lprobs.size(1)).bool() | free[:, None]
@@ -270,9 +299,13 @@ class SequenceGenerator:
             scores = cum + lprobs.gather(1, tokens).squeeze(1)
             origin = torch.arange(k, device=lprobs.device).expand(n, k)
             return scores.view(n, k), tokens.view(n, k), origin
-        total = (cum[:, None] + lprobs).view(n, k * vocab)  # (N, K*V)
-        scores, idx = total.topk(min(2 * k, k * vocab), dim=1)  # (N, C)
-        return scores, idx % vocab, idx // vocab
+        # the best 2K of a sample's K*V continuations are among the best 2K of each beam's V: rank each row
+        # first, then the K*2K survivors (adding a row's score does not change the order within the row)
+        per_row = min(2 * k, vocab)
+        best, token = lprobs.topk(per_row, dim=1)  # (N*K, c)
+        total = (cum[:, None] + best).view(n, k * per_row)  # (N, K*c)
+        scores, idx = total.topk(min(2 * k, k * per_row), dim=1)  # (N, C)
+        return scores, token.view(n, k * per_row).gather(1, idx), idx // per_row
 
     def _finalize(self, finished: list[list[Hypothesis]], beams: _Beams, lprobs: Tensor, scores: Tensor,
                   tokens: Tensor, origin: Tensor, step: int) -> None:

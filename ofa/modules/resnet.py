@@ -114,10 +114,15 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """conv1/bn1/maxpool + layer1..3; `forward` maps (B,3,H,W) to (B,1024,H/16,W/16).
 
-    Without autograd and with running statistics, `forward_inference` runs (batch norm folded, and on
-    CPU channels-last activations: ~1.4x faster). The parameters keep the default layout, so state dicts
-    and checkpoints are unchanged; that output is a channels-last tensor.
+    On CPU the activations are channels-last (oneDNN's native layout: no reorder around each convolution),
+    with autograd too: the training step of ofa_tiny at 256 px is ~1.2x faster (experiments/README.md,
+    "Channels-last training"). Without autograd and with running statistics, `forward_inference` runs
+    (batch norm folded into the convolutions as well: ~1.4x). The parameters keep the default layout, so
+    state dicts and checkpoints are unchanged; the output is a channels-last tensor. `channels_last =
+    False` gives the contiguous layout (the reference implementation's summation order).
     """
+
+    channels_last = True  # CPU activations; an instance attribute overrides it (tests, comparisons)
 
     def __init__(self, layers: list[int], drop_path_rate: float = 0.0, frozen_bn: bool = False) -> None:
         super().__init__()
@@ -155,6 +160,8 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self._inference():
             return self.forward_inference(x)
+        if x.device.type == "cpu" and self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)  # every activation follows the input's layout
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
         return self.layer3(self.layer2(self.layer1(x)))  # (B, 1024, H/16, W/16)
 
@@ -166,13 +173,9 @@ class ResNet(nn.Module):
     def forward_inference(self, x: Tensor) -> Tensor:
         """Batch norm folded into the convolutions; channels-last activations on CPU.
 
-        Channels-last is oneDNN's native CPU layout: no reorder around every convolution. Anything with
-        gradients keeps the default layout: on the reference fixture, channels-last gradients were off by
-        up to 3e-3 (conv1.weight, relative to its max) where the default layout agrees with float64 to
-        3e-6, and PyTorch's channels-last batch norm sums its statistics sequentially (~1e-5 relative
-        error instead of ~1e-7 at 256px, batch 8).
+        Channels-last is oneDNN's native CPU layout: no reorder around every convolution.
         """
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(conv_bn(self.conv1, self.bn1, x, relu=True))  # (B, 64, H/4, W/4)
         for block in (*self.layer1, *self.layer2, *self.layer3):

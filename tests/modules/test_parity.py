@@ -103,18 +103,29 @@ def test_decoder_logits_and_loss(fixture, variant):
     assert abs(loss.item() - out[f"{prefix}.loss"].item()) < 1e-5
 
 
-def test_gradients(fixture, variant):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
+def test_gradients(fixture, variant, channels_last):
+    """Every gradient of the fixture within 1e-4, in the reference's layout; in the default CPU layout
+    (channels-last ResNet activations) one input of the final ReLU, 2.4e-6 in float64, comes out on the
+    other side of zero (float noise, same size in both layouts) and the ResNet's gradients below it move:
+    conv1.weight by 6e-4 of its max, so the ResNet is compared to 1e-3 there (tests/modules/test_resnet.py
+    holds both layouts to 1e-4 against float64 where no ReLU input sits that close to zero)."""
     prefix, model = variant
     model.zero_grad()
-    _, loss = forward_loss(model, fixture["inputs"])
-    loss.backward()
+    model.encoder.embed_images.channels_last = channels_last
+    try:
+        _, loss = forward_loss(model, fixture["inputs"])
+        loss.backward()
+    finally:
+        del model.encoder.embed_images.channels_last
     params = dict(model.named_parameters(remove_duplicate=False))
     grads = {k[len(prefix) + 6:]: v for k, v in fixture["outputs"].items() if k.startswith(f"{prefix}.grad.")}
     assert len(grads) == 20
     for key, ref in grads.items():
         got = params[hf_to_fairseq_key(key)].grad
         rel = maxdiff(got, ref) / ref.abs().max().clamp_min(1e-12).item()
-        assert rel < 1e-4, f"{key}: relative gradient difference {rel:.2e}"
+        tol = 1e-3 if channels_last and "embed_images" in key else 1e-4
+        assert rel < tol, f"{key}: relative gradient difference {rel:.2e}"
 
 
 @torch.no_grad()
