@@ -195,7 +195,8 @@ class OFALitModule(pl.LightningModule):
             self.log(f"train/{name}/reward", rewards.mean(), prog_bar=True, batch_size=len(batch["id"]))
             return out.loss, out.ntokens, {name: out}
         losses = self.task_losses(batch, self(batch))
-        return sum(o.loss for o in losses.values()), sum(o.ntokens for o in losses.values()), losses
+        loss = sum(self.tasks[name].cfg.loss_weight * o.loss for name, o in losses.items())  # weight 1: as OFA
+        return loss, sum(o.ntokens for o in losses.values()), losses
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, ntokens, losses = self.training_loss(batch)

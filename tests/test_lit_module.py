@@ -149,6 +149,32 @@ def test_mixture_batch_has_a_loss_per_task(tokenizer, synthetic_data_dir: Path) 
     assert sum(o.ntokens for o in per_task.values()) == joint.ntokens
 
 
+def test_loss_weight_scales_only_its_task(tokenizer) -> None:
+    """`task.loss_weight` multiplies that task's summed token loss in the training loss (its logged per-token loss
+    and the token count stay as they are); a non-positive weight is refused with the key's name."""
+    from PIL import Image
+
+    from ofa.errors import RunConfigError
+
+    tasks = {"caption": make_task(tokenizer), "other": make_task(tokenizer, "other")}
+    module = make_module(tokenizer, tasks)
+    module.configure_model()
+    raws = [{"id": f"s{i}", "captions": [f"a red circle {i}"], "image": Image.new("RGB", (32, 32))} for i in range(4)]
+    batch = collate([tasks["caption" if i % 2 else "other"].preprocess(r, "train") for i, r in enumerate(raws)],
+                    tokenizer.pad)
+    with torch.no_grad():
+        plain, ntokens, per_task = module.training_loss(batch)
+        tasks["other"].cfg.loss_weight = 3.0
+        weighted, ntokens_w, per_task_w = module.training_loss(batch)
+    assert ntokens_w == ntokens
+    assert per_task_w["other"].loss.item() == pytest.approx(per_task["other"].loss.item(), rel=1e-6)
+    want = per_task["caption"].loss.item() + 3.0 * per_task["other"].loss.item()
+    assert weighted.item() == pytest.approx(want, rel=1e-5) and weighted.item() > plain.item()
+    tasks["other"].cfg.loss_weight = 0.0
+    with pytest.raises(RunConfigError, match="task.loss_weight=0.0"):
+        tasks["other"].check(module.model_cfg, tokenizer)
+
+
 def test_image_and_text_tasks_train_in_one_mixture(tokenizer, synthetic_data_dir: Path, tmp_path: Path) -> None:
     """Captioning from the image shards and text infilling (OFA's pretraining extra) from the text world's
     corpus, mixed per sample: batches hold both kinds, both losses are logged, both tasks are evaluated."""

@@ -28,9 +28,10 @@ class DecoderCache:
     cache; the encoder side follows the `EncoderOut` given to the next call.
 
     With `reuse_logits` (`SequenceGenerator` sets it), the logits a cached call returns are written into one
-    buffer the cache keeps (`logits_buffer`): the next call with the same cache overwrites them. A step's (R, V) logits are tens of MB (V = 59457); a fresh
-    tensor per step costs a page fault per 4 KB page under glibc's default allocator, more than the
-    output projection itself for beam search (experiments/README.md, "Generation without fresh buffers").
+    buffer the cache keeps (`logits_buffer`): the next call with the same cache overwrites them. A step's
+    (R, V) logits are megabytes (V = 59457); a fresh tensor per step is mmap'd and page-faulted in by glibc's
+    default allocator every time (experiments/README.md, "Channels-last training, generation without fresh
+    buffers").
     """
 
     def __init__(self, num_layers: int, reuse_logits: bool = False) -> None:
@@ -251,7 +252,7 @@ class OFADecoder(nn.Module):
 
         Without autograd and for at most 8 rows as `(W @ x^T)^T`: for this shape (a 59k-row weight) MKL's
         GEMM is ~1.25x faster that way on CPU; from 12 rows on the transpose copy costs more than it saves
-        (2.7x slower at 40 rows; `experiments/README.md`, "Generation without fresh buffers").
+        (2.7x slower at 40 rows; `experiments/README.md`, "Channels-last training, generation without fresh buffers").
         """
         r, n, d = x.shape
         if torch.is_grad_enabled() or x.device.type != "cpu" or r * n > 8:

@@ -116,10 +116,11 @@ class ResNet(nn.Module):
 
     On CPU the activations are channels-last (oneDNN's native layout: no reorder around each convolution),
     with autograd too: the training step of ofa_tiny at 256 px is ~1.2x faster (experiments/README.md,
-    "Channels-last training"). Without autograd and with running statistics, `forward_inference` runs
-    (batch norm folded into the convolutions as well: ~1.4x). The parameters keep the default layout, so
-    state dicts and checkpoints are unchanged; the output is a channels-last tensor. `channels_last =
-    False` gives the contiguous layout (the reference implementation's summation order).
+    "Channels-last training, generation without fresh buffers"). Without autograd and with running
+    statistics, `forward_inference` runs (batch norm folded into the convolutions as well: ~1.4x). The
+    parameters keep the default layout, so state dicts and checkpoints are unchanged; the output is a
+    channels-last tensor. `channels_last = False` gives the contiguous layout (the reference's summation
+    order).
     """
 
     channels_last = True  # CPU activations; an instance attribute overrides it (tests, comparisons)

@@ -34,6 +34,7 @@ class TaskConfig:
     max_src_length: int = 80  # words (pre_caption / pre_question semantics)
     max_tgt_length: int = 20
     label_smoothing: float = 0.1
+    loss_weight: float = 1.0  # multiplies this task's token losses in the training loss (1 = OFA; mixtures)
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     augment: str = "none"  # training augmentation (ofa.tasks.transforms); OFA: none, "randaug" for ImageNet
@@ -139,6 +140,8 @@ class Task:
     def check(self, model_cfg: Any, tokenizer: Any, prefix: str = "task") -> None:
         """Raise `RunConfigError` (one line naming the key) if this task cannot run with this model and
         tokenizer: the image's patch grid beyond the model's position grid, lengths beyond its positions."""
+        if not self.cfg.loss_weight > 0:
+            raise RunConfigError(f"{prefix}.loss_weight={self.cfg.loss_weight}: must be > 0")
         size, grid, stride = self.cfg.image_size, model_cfg.image_bucket_size, model_cfg.patch_stride
         if size and math.ceil(size / stride) > grid:
             side = math.ceil(size / stride)
