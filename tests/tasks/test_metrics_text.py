@@ -123,7 +123,7 @@ def test_rouge_empty_and_mismatch():
 
 
 def test_rouge_matches_google_rouge_score():
-    # cross-check against Google's rouge_score (not a project dependency: skipped when absent)
+    # cross-check against Google's rouge_score (a test extra, not a dependency of the package: skipped when absent)
     rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     words = ("the police arrested running runs runner dogs dog cats says said u.s. stocks fell rise rising "
