@@ -39,3 +39,22 @@ def test_oracle_boxes_score_by_their_precision() -> None:
     cell = grounding_precision.accuracy(records, grounding_precision.cell_box)
     assert exact == 1.0 and fine == 1.0
     assert coarse < cell < 0.8  # a 4x4 grid is coarser than the world's 3x3 cells plus the true size
+
+
+def test_coordinate_scores_count_nll_and_near_hits() -> None:
+    """experiments/grounding_coordinates.py: per coordinate, the target's NLL summed over samples and the argmax
+    bins within `tol` of the target."""
+    import torch
+
+    import grounding_coordinates
+
+    logits = torch.full((2, 4, 100), -10.0)
+    target = torch.tensor([[10, 20, 30, 40], [50, 60, 70, 80]])
+    for b in range(2):
+        for c in range(4):
+            logits[b, c, target[b, c] + (3 if c == 0 else 0)] = 10.0  # x0 off by 3 bins, the rest exact
+    nll, hits = grounding_coordinates.coordinate_scores(logits, target, tol=2)
+    assert hits.tolist() == [0.0, 2.0, 2.0, 2.0]
+    assert nll[0] > 30 and bool((nll[1:] < 1e-3).all())  # x0's target has logit -10 against a peak of 10
+    _, hits = grounding_coordinates.coordinate_scores(logits, target, tol=3)
+    assert hits.tolist() == [2.0, 2.0, 2.0, 2.0]
