@@ -13,6 +13,7 @@ from ofa.modules.layers import DecoderLayer
 from ofa.modules.position import decoder_image_position_idx, image_buckets, rel_pos_tables, token_bucket_table
 from ofa.modules.position import token_buckets
 from ofa.modules.prompt import PromptEncoder
+from ofa.modules.workspace import Workspace
 
 
 class DecoderCache:
@@ -28,10 +29,8 @@ class DecoderCache:
     cache; the encoder side follows the `EncoderOut` given to the next call.
 
     With `reuse_logits` (`SequenceGenerator` sets it), the logits a cached call returns are written into one
-    buffer the cache keeps (`logits_buffer`): the next call with the same cache overwrites them. A step's
-    (R, V) logits are megabytes (V = 59457); a fresh tensor per step is mmap'd and page-faulted in by glibc's
-    default allocator every time (experiments/README.md, "Channels-last training, generation without fresh
-    buffers").
+    buffer of the cache's `Workspace` (ofa/modules/workspace.py: why): the next call with the same cache
+    overwrites them.
     """
 
     def __init__(self, num_layers: int, reuse_logits: bool = False) -> None:
@@ -40,15 +39,7 @@ class DecoderCache:
         self.static: dict[str, Tensor] = {}  # per target row (or one row shared by all rows)
         self.encoder: dict[str, Tensor] = {}  # per encoder row (or one shared row), derived from `enc`
         self.enc: EncoderOut | None = None
-        self.scratch: Tensor | None = None  # the logits of the last call (flat, grown as needed)
-
-    def logits_buffer(self, rows: int, vocab: int, like: Tensor) -> Tensor:
-        """A (rows, 1, vocab) tensor of `like`'s dtype and device, reusing the previous call's storage."""
-        size = rows * vocab
-        if self.scratch is None or self.scratch.numel() < size or self.scratch.dtype != like.dtype \
-                or self.scratch.device != like.device:
-            self.scratch = torch.empty(size, dtype=like.dtype, device=like.device)
-        return self.scratch[:size].view(rows, 1, vocab)
+        self.work = Workspace()  # the logits of the last call, with reuse_logits
 
     @property
     def length(self) -> int:
@@ -243,7 +234,7 @@ class OFADecoder(nn.Module):
         if not cache.reuse_logits or torch.is_grad_enabled() or torch.compiler.is_compiling() \
                 or torch.is_autocast_enabled(x.device.type) or x.dtype != weight.dtype:
             return self.project(x[:, None])
-        out = cache.logits_buffer(x.size(0), weight.size(0), x)  # (R, 1, V)
+        out = cache.work.get("logits", (x.size(0), 1, weight.size(0)), x.dtype, x.device)  # (R, 1, V)
         torch.mm(x, weight.t(), out=out.view(x.size(0), -1))
         return out
 

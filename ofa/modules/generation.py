@@ -38,6 +38,7 @@ from ofa.modules.decoder import DecoderCache
 from ofa.modules.logits import NUM_SPECIALS, banned_ngram_mask, range_allowed_mask, top_k_top_p_filter
 from ofa.modules.logits import trie_allowed_mask
 from ofa.modules.trie import Trie
+from ofa.modules.workspace import Workspace
 
 NEG_INF = float("-inf")
 
@@ -124,26 +125,6 @@ class _Beams:
     cache: Any  # decoder cache, N*K rows
 
 
-class _Workspace:
-    """Per-`generate` (R, V) buffers, reused by every step instead of allocated afresh.
-
-    Under glibc's default allocator a fresh tensor of this size is mmap'd and page-faulted in at every
-    step: a 9.5 MB log-softmax output costs ~8 ms fresh and ~1.7 ms in a reused buffer (experiments/README.md,
-    "Channels-last training, generation without fresh buffers"). Rows only shrink during a search, so a view
-    of the first rows fits.
-    """
-
-    def __init__(self) -> None:
-        self.buffers: dict[str, Tensor] = {}
-
-    def get(self, name: str, like: Tensor) -> Tensor:
-        """A tensor shaped, typed and placed like `like`, backed by this workspace's buffer `name`."""
-        buf = self.buffers.get(name)
-        if buf is None or buf.numel() < like.numel() or buf.dtype != like.dtype or buf.device != like.device:
-            buf = self.buffers[name] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
-        return buf[:like.numel()].view(like.shape)
-
-
 class SequenceGenerator:
     """Beam search / sampling over an encoder-decoder with `encode`, `new_cache` and cached `decode`."""
 
@@ -173,7 +154,7 @@ class SequenceGenerator:
         """The decoding loop: one cached decoder step per position, until every sample is done."""
         rng = self._rng(beams.tokens.device)
         finished: list[list[Hypothesis]] = [[] for _ in range(bsz)]
-        work = _Workspace()
+        work = Workspace()  # the log-probs of each step
         for step in range(max_len + 1):
             logits = self.model.decode(beams.tokens, beams.enc, code_masks=beams.code_masks, cache=beams.cache)
             lprobs = self._log_probs(logits[:, -1].float(), beams, step, max_len, constraint_trie, work)  # (N*K, V)
@@ -226,7 +207,7 @@ class SequenceGenerator:
 
     # ------------------------------------------------------------------ one step
     def _log_probs(self, logits: Tensor, beams: _Beams, step: int, max_len: int, trie: Trie | None,
-                   work: _Workspace) -> Tensor:
+                   work: Workspace) -> Tensor:
         """Masked, temperature-scaled next-token log-probs (N*K, V) for the current step (in `work`)."""
         forced = self._forced_tokens(beams, step) if step < max_len else None  # (N*K,) pad = free
         free = forced.eq(self.pad) if forced is not None else None  # None = every row is free
@@ -235,7 +216,7 @@ class SequenceGenerator:
             logits = logits.masked_fill_(~allowed, NEG_INF)  # in place: the step's own buffer
         if self.cfg.temperature != 1.0:
             logits = logits.div_(self.cfg.temperature)
-        lprobs = torch.log_softmax(logits, dim=-1, out=work.get("lprobs", logits))
+        lprobs = torch.log_softmax(logits, dim=-1, out=work.get("lprobs", logits.shape, logits.dtype, logits.device))
         if allowed is not None:  # a row with nothing allowed is NaN after the softmax
             if self.cfg.constraints_after_softmax:
                 lprobs.masked_fill_(~allowed, NEG_INF)
