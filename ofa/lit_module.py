@@ -180,7 +180,8 @@ class OFALitModule(pl.LightningModule):
                 drop_worst_ratio=self.cfg.loss.drop_worst_ratio, drop_worst_after=self.cfg.loss.drop_worst_after,
                 update_num=self.global_step, ignore_prefix_size=self.cfg.loss.ignore_prefix_size,
                 encouraging_log_end=self.cfg.loss.log_end if self.cfg.loss.encouraging else None,
-                drop_best_ratio=self.cfg.loss.drop_best_ratio, drop_best_after=self.cfg.loss.drop_best_after)
+                drop_best_ratio=self.cfg.loss.drop_best_ratio, drop_best_after=self.cfg.loss.drop_best_after,
+                bin_range=task.bin_range() if cfg.bin_sigma > 0 else None, bin_sigma=cfg.bin_sigma)
         return out
 
     def training_loss(self, batch: dict[str, Any]) -> tuple[Tensor, int, dict[str, Any]]:

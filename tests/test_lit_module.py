@@ -175,6 +175,36 @@ def test_loss_weight_scales_only_its_task(tokenizer) -> None:
         tasks["other"].check(module.model_cfg, tokenizer)
 
 
+def test_bin_sigma_spreads_only_its_tasks_location_targets(tokenizer) -> None:
+    """`task.bin_sigma` turns that task's `<bin_i>` targets into Gaussians over the bins in its loss (the other task's
+    loss and every reported NLL stay as they are); a negative value is refused with the key's name."""
+    from PIL import Image
+
+    from ofa.errors import RunConfigError
+
+    tasks = {"caption": make_task(tokenizer), "other": make_task(tokenizer, "other")}
+    module = make_module(tokenizer, tasks)
+    module.configure_model()
+    raws = [{"id": f"s{i}", "captions": [f"a red circle {i}"], "image": Image.new("RGB", (32, 32))} for i in range(4)]
+    batch = collate([tasks["caption" if i % 2 else "other"].preprocess(r, "train") for i, r in enumerate(raws)],
+                    tokenizer.pad)
+    keep = batch["target"].ne(tokenizer.pad)
+    bins = torch.randint(0, tokenizer.num_bins, batch["target"].shape, generator=torch.Generator().manual_seed(0))
+    batch["target"] = torch.where(keep, tokenizer.bin_offset + bins, batch["target"])  # every target a location
+    with torch.no_grad():
+        logits = module(batch)
+        plain = module.task_losses(batch, logits)
+        tasks["other"].cfg.bin_sigma = 8.0
+        spread = module.task_losses(batch, logits)
+    assert spread["caption"].loss.item() == pytest.approx(plain["caption"].loss.item(), rel=1e-6)
+    assert spread["other"].nll_loss.item() == pytest.approx(plain["other"].nll_loss.item(), rel=1e-6)
+    assert abs(spread["other"].loss.item() - plain["other"].loss.item()) > 1e-3
+    assert tasks["other"].bin_range() == (tokenizer.bin_offset, tokenizer.bin_offset + tokenizer.num_bins)
+    tasks["other"].cfg.bin_sigma = -1.0
+    with pytest.raises(RunConfigError, match="task.bin_sigma=-1.0"):
+        tasks["other"].check(module.model_cfg, tokenizer)
+
+
 def test_image_and_text_tasks_train_in_one_mixture(tokenizer, synthetic_data_dir: Path, tmp_path: Path) -> None:
     """Captioning from the image shards and text infilling (OFA's pretraining extra) from the text world's
     corpus, mixed per sample: batches hold both kinds, both losses are logged, both tasks are evaluated."""

@@ -35,6 +35,7 @@ class TaskConfig:
     max_tgt_length: int = 20
     label_smoothing: float = 0.1
     loss_weight: float = 1.0  # multiplies this task's token losses in the training loss (1 = OFA; mixtures)
+    bin_sigma: float = 0.0  # > 0: each <bin_i> target is a Gaussian of this std (in bins) over the bins (0 = OFA)
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     augment: str = "none"  # training augmentation (ofa.tasks.transforms); OFA: none, "randaug" for ImageNet
@@ -142,6 +143,8 @@ class Task:
         tokenizer: the image's patch grid beyond the model's position grid, lengths beyond its positions."""
         if not self.cfg.loss_weight > 0:
             raise RunConfigError(f"{prefix}.loss_weight={self.cfg.loss_weight}: must be > 0")
+        if not self.cfg.bin_sigma >= 0:
+            raise RunConfigError(f"{prefix}.bin_sigma={self.cfg.bin_sigma}: must be >= 0")
         size, grid, stride = self.cfg.image_size, model_cfg.image_bucket_size, model_cfg.patch_stride
         if size and math.ceil(size / stride) > grid:
             side = math.ceil(size / stride)
@@ -167,6 +170,10 @@ class Task:
         """A callable `(model, batch) -> (LossOutput, rewards)` that replaces the label-smoothed CE for this
         task's training batches (SCST, `ofa.tasks.scst`), or None (the default: cross-entropy)."""
         return None
+
+    def bin_range(self) -> tuple[int, int]:
+        """Ids `[start, end)` of the `<bin_i>` location tokens (the loss's `bin_sigma` spreads targets there)."""
+        return self.tokenizer.bin_offset, self.tokenizer.bin_offset + self.tokenizer.num_bins
 
     def constraint_range(self) -> tuple[int, int] | None:
         """Vocabulary range `[start, end)` the targets are restricted to, besides the 4 specials (OFA's

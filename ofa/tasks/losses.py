@@ -56,12 +56,16 @@ def label_smoothed_cross_entropy(
     encouraging_log_end: float | None = None,
     drop_best_ratio: float = 0.0,
     drop_best_after: int = 0,
+    bin_range: tuple[int, int] | None = None,
+    bin_sigma: float = 0.0,
 ) -> LossOutput:
     """Summed label-smoothed CE over non-pad target tokens.
 
     logits (B,T,V); target (B,T) with `pad` ignored; conf (B,) multiplies log-probs; constraint_masks
     (B,T,V) bool, True = allowed; constraint_range (s, e) allows ids [0, 4) and [s, e).
     `encouraging_log_end` not None: add the encouraging bonus of the kept tokens (spec §4.4).
+    `bin_sigma` > 0 (not OFA): a target in `bin_range` (the `<bin_i>` ids) becomes a Gaussian over the bins
+    with that std, in bins, instead of one id (`bin_target_nll`); the reported NLL stays the one-hot one.
     """
     if ignore_prefix_size > 0:
         logits, target = logits[:, ignore_prefix_size:], target[:, ignore_prefix_size:]
@@ -78,6 +82,9 @@ def label_smoothed_cross_entropy(
     if conf is not None:
         lprobs = lprobs * conf.to(lprobs)[:, None].expand_as(keep)[keep][:, None]
     loss, nll, keep_idx = _smoothed_nll(lprobs, tgt, epsilon, masks, constraint_range)  # (N,) each
+    if bin_sigma > 0 and bin_range is not None:
+        soft = bin_target_nll(lprobs, tgt, *bin_range, bin_sigma)  # (N,): the one-hot NLL outside the bins
+        loss = loss + (soft - nll) * (1.0 - epsilon - _smoothing_share(lprobs, epsilon, masks, constraint_range))
     if drop_worst_ratio > 0 and update_num > drop_worst_after:
         loss, idx = torch.topk(loss, k=int(loss.numel() * (1 - drop_worst_ratio)), largest=False)
         nll, keep_idx = nll[idx], keep_idx[idx]
@@ -101,6 +108,36 @@ def encouraging_bonus(lprobs: Tensor, target: Tensor, epsilon: float, log_end: f
         bonus = torch.where(probs > log_end, line, bonus)
     on_target = bonus.gather(-1, target[:, None]).sum()
     return (1.0 - epsilon) * on_target + epsilon / lprobs.size(-1) * bonus.sum()
+
+
+def bin_target_nll(lprobs: Tensor, target: Tensor, start: int, end: int, sigma: float) -> Tensor:
+    """(N,) cross-entropy against a discretised Gaussian (std `sigma` bins, cut at 3 sigma, renormalised) centred
+    on each target in `[start, end)`; rows with other targets keep their one-hot NLL. lprobs (N,V), target (N,).
+
+    A location token's neighbours are nearly as right as itself (1000 bins over a 64-pixel image: ~16 per
+    pixel); the one-hot target scores them as wrong as any other token."""
+    nll = -lprobs.gather(-1, target[:, None]).squeeze(-1)  # (N,)
+    rows = ((target >= start) & (target < end)).nonzero().squeeze(-1)  # (M,)
+    if rows.numel() == 0:
+        return nll
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, device=lprobs.device)  # (K,)
+    ids = target[rows, None] + offsets  # (M, K)
+    inside = (ids >= start) & (ids < end)
+    weights = torch.exp(-0.5 * (offsets.float() / sigma) ** 2).expand_as(ids) * inside  # (M, K)
+    weights = weights / weights.sum(-1, keepdim=True)
+    picked = lprobs[rows].gather(-1, ids.clamp(start, end - 1))  # (M, K)
+    return nll.index_put((rows,), -(weights * picked).sum(-1))
+
+
+def _smoothing_share(lprobs: Tensor, epsilon: float, masks: Tensor | None,
+                     constraint_range: tuple[int, int] | None) -> Tensor | float:
+    """`eps_i` of `_smoothed_nll`: the uniform share each allowed id gets."""
+    if masks is not None:
+        return epsilon / (masks.sum(-1) - 1 + 1e-6)
+    if constraint_range is not None:
+        return epsilon / (N_SPECIALS + constraint_range[1] - constraint_range[0] - 1 + 1e-6)
+    return epsilon / (lprobs.size(-1) - 1)
 
 
 def mask_outside_range(logits: Tensor, start: int, end: int) -> Tensor:

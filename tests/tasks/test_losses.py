@@ -159,3 +159,33 @@ def test_drop_best_keeps_the_worst_tokens() -> None:
     out = label_smoothed_cross_entropy(probs.log()[None], torch.tensor([[0, 1, 1]]), epsilon=0.0, pad=-1,
                                        drop_best_ratio=0.3, update_num=1)
     assert out.ntokens == 2 and out.loss.item() == pytest.approx(-math.log(0.5) - math.log(0.2), abs=1e-5)
+
+
+def test_bin_sigma_is_cross_entropy_against_a_gaussian_over_the_bins() -> None:
+    """Bins are ids [10, 30) of V = 40; no smoothing. A bin target at 20 with sigma 1.5 is scored against
+    exp(-d^2 / (2 * 1.5^2)) for |d| <= 5 (3 sigma, rounded up), normalised; a target outside the bins keeps
+    its one-hot NLL, and the reported NLL is the one-hot one everywhere."""
+    logits = torch.randn(1, 2, 40, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([[20, 5]])
+    out = label_smoothed_cross_entropy(logits, target, epsilon=0.0, pad=-1, bin_range=(10, 30), bin_sigma=1.5)
+    lp = F.log_softmax(logits[0], -1)
+    d = torch.arange(-5, 6)
+    w = torch.exp(-0.5 * (d / 1.5) ** 2)
+    w = w / w.sum()
+    expected = -(w * lp[0, 15:26]).sum() - lp[1, 5]
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out.nll_loss.item() == pytest.approx((-lp[0, 20] - lp[1, 5]).item(), rel=1e-5)
+
+
+def test_bin_sigma_prefers_a_near_miss_to_a_far_one_and_stops_at_the_last_bin() -> None:
+    """One-hot CE scores a neighbouring bin as wrong as a distant one; the Gaussian target does not. A target
+    on the first bin spreads only over the bins (none of its weight lands on ids below the range)."""
+    def loss(peak: int, target: int, sigma: float) -> float:
+        logits = torch.zeros(1, 1, 40)
+        logits[0, 0, peak] = 8.0
+        return label_smoothed_cross_entropy(logits, torch.tensor([[target]]), epsilon=0.1, pad=-1,
+                                            bin_range=(10, 30), bin_sigma=sigma).loss.item()
+
+    assert loss(21, 20, 0.0) == pytest.approx(loss(28, 20, 0.0))  # OFA: a near miss is no better
+    assert loss(21, 20, 2.0) < loss(28, 20, 2.0) - 1
+    assert loss(11, 10, 2.0) < loss(9, 10, 2.0) - 1  # id 9 is not a bin: no credit across the range's edge
