@@ -123,11 +123,11 @@ def bin_target_nll(lprobs: Tensor, target: Tensor, start: int, end: int, sigma: 
     radius = max(1, math.ceil(3 * sigma))
     offsets = torch.arange(-radius, radius + 1, device=lprobs.device)  # (K,)
     ids = target[rows, None] + offsets  # (M, K)
-    inside = (ids >= start) & (ids < end)
-    weights = torch.exp(-0.5 * (offsets.float() / sigma) ** 2).expand_as(ids) * inside  # (M, K)
-    weights = weights / weights.sum(-1, keepdim=True)
     picked = lprobs[rows].gather(-1, ids.clamp(start, end - 1))  # (M, K)
-    return nll.index_put((rows,), -(weights * picked).sum(-1))
+    allowed = (ids >= start) & (ids < end) & picked.isfinite()  # inside the bins and not masked by a constraint
+    weights = torch.exp(-0.5 * (offsets.float() / sigma) ** 2).expand_as(ids) * allowed  # (M, K)
+    weights = weights / weights.sum(-1, keepdim=True)
+    return nll.index_put((rows,), -(weights * picked.masked_fill(~allowed, 0.0)).sum(-1))
 
 
 def _smoothing_share(lprobs: Tensor, epsilon: float, masks: Tensor | None,
@@ -160,14 +160,11 @@ def _smoothed_nll(
     nll = -lprobs.gather(-1, target[:, None]).squeeze(-1)  # (N,)
     if masks is not None:
         smooth = -lprobs.masked_fill(~masks, 0.0).sum(-1)
-        eps_i = epsilon / (masks.sum(-1) - 1 + 1e-6)
     elif constraint_range is not None:
         start, end = constraint_range
-        allowed = torch.cat([lprobs[:, :N_SPECIALS], lprobs[:, start:end]], dim=-1)
-        smooth = -allowed.sum(-1)
-        eps_i = epsilon / (N_SPECIALS + end - start - 1 + 1e-6)
+        smooth = -torch.cat([lprobs[:, :N_SPECIALS], lprobs[:, start:end]], dim=-1).sum(-1)
     else:
         smooth = -lprobs.sum(-1)
-        eps_i = epsilon / (lprobs.size(-1) - 1)
+    eps_i = _smoothing_share(lprobs, epsilon, masks, constraint_range)
     loss = (1.0 - epsilon - eps_i) * nll + eps_i * smooth  # (N,)
     return loss, nll, torch.arange(loss.numel(), device=loss.device)

@@ -189,3 +189,18 @@ def test_bin_sigma_prefers_a_near_miss_to_a_far_one_and_stops_at_the_last_bin() 
     assert loss(21, 20, 0.0) == pytest.approx(loss(28, 20, 0.0))  # OFA: a near miss is no better
     assert loss(21, 20, 2.0) < loss(28, 20, 2.0) - 1
     assert loss(11, 10, 2.0) < loss(9, 10, 2.0) - 1  # id 9 is not a bin: no credit across the range's edge
+
+
+def test_bin_sigma_leaves_out_bins_a_constraint_masks() -> None:
+    """Under a constraint mask the Gaussian covers only the allowed bins (a masked neighbour's -inf log-prob
+    would make the loss infinite): the same loss as the Gaussian renormalised over the allowed ids by hand."""
+    logits = torch.randn(1, 1, 40, generator=torch.Generator().manual_seed(1))
+    masks = torch.ones(1, 1, 40, dtype=torch.bool)
+    masks[0, 0, 21] = False
+    out = label_smoothed_cross_entropy(logits, torch.tensor([[20]]), epsilon=0.0, pad=-1, constraint_masks=masks,
+                                       bin_range=(10, 30), bin_sigma=1.0)
+    lp = F.log_softmax(logits[0, 0].masked_fill(~masks[0, 0], -math.inf), -1)
+    ids = [i for i in range(17, 24) if i != 21]
+    w = torch.tensor([math.exp(-0.5 * (i - 20) ** 2) for i in ids])
+    assert math.isfinite(out.loss.item())
+    assert out.loss.item() == pytest.approx(-(w / w.sum() * lp[ids]).sum().item(), rel=1e-5)
