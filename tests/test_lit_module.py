@@ -36,6 +36,20 @@ def make_module(tokenizer, tasks=None, **module_kwargs) -> OFALitModule:
                         ModuleConfig(**module_kwargs))
 
 
+def two_task_module(tokenizer) -> tuple[dict, OFALitModule, dict]:
+    """Tasks "caption" and "other" (both captioning), a configured module over both and one batch of 4 samples,
+    alternating "other" / "caption"."""
+    from PIL import Image
+
+    tasks = {"caption": make_task(tokenizer), "other": make_task(tokenizer, "other")}
+    module = make_module(tokenizer, tasks)
+    module.configure_model()
+    raws = [{"id": f"s{i}", "captions": [f"a red circle {i}"], "image": Image.new("RGB", (32, 32))} for i in range(4)]
+    batch = collate([tasks["caption" if i % 2 else "other"].preprocess(r, "train") for i, r in enumerate(raws)],
+                    tokenizer.pad)
+    return tasks, module, batch
+
+
 def make_dm(tasks, shards) -> OFADataModule:
     (task,) = tasks.values()
     return OFADataModule([TaskSource(task, train_shards=shards["train"], val_shards=shards["val"])],
@@ -132,14 +146,7 @@ def test_accumulation_at_equal_effective_batch_gives_the_same_update(tokenizer, 
 
 
 def test_mixture_batch_has_a_loss_per_task(tokenizer, synthetic_data_dir: Path) -> None:
-    tasks = {"caption": make_task(tokenizer), "other": make_task(tokenizer, "other")}
-    module = make_module(tokenizer, tasks)
-    module.configure_model()
-    from PIL import Image
-
-    raws = [{"id": f"s{i}", "captions": [f"a red circle {i}"], "image": Image.new("RGB", (32, 32))} for i in range(4)]
-    samples = [tasks["caption" if i % 2 else "other"].preprocess(r, "train") for i, r in enumerate(raws)]
-    batch = collate(samples, tokenizer.pad)
+    tasks, module, batch = two_task_module(tokenizer)
     with torch.no_grad():
         logits = module(batch)
         per_task = module.task_losses(batch, logits)
@@ -152,16 +159,9 @@ def test_mixture_batch_has_a_loss_per_task(tokenizer, synthetic_data_dir: Path) 
 def test_loss_weight_scales_only_its_task(tokenizer) -> None:
     """`task.loss_weight` multiplies that task's summed token loss in the training loss (its logged per-token loss
     and the token count stay as they are); a non-positive weight is refused with the key's name."""
-    from PIL import Image
-
     from ofa.errors import RunConfigError
 
-    tasks = {"caption": make_task(tokenizer), "other": make_task(tokenizer, "other")}
-    module = make_module(tokenizer, tasks)
-    module.configure_model()
-    raws = [{"id": f"s{i}", "captions": [f"a red circle {i}"], "image": Image.new("RGB", (32, 32))} for i in range(4)]
-    batch = collate([tasks["caption" if i % 2 else "other"].preprocess(r, "train") for i, r in enumerate(raws)],
-                    tokenizer.pad)
+    tasks, module, batch = two_task_module(tokenizer)
     with torch.no_grad():
         plain, ntokens, per_task = module.training_loss(batch)
         tasks["other"].cfg.loss_weight = 3.0
@@ -178,16 +178,9 @@ def test_loss_weight_scales_only_its_task(tokenizer) -> None:
 def test_bin_sigma_spreads_only_its_tasks_location_targets(tokenizer) -> None:
     """`task.bin_sigma` turns that task's `<bin_i>` targets into Gaussians over the bins in its loss (the other task's
     loss and every reported NLL stay as they are); a negative value is refused with the key's name."""
-    from PIL import Image
-
     from ofa.errors import RunConfigError
 
-    tasks = {"caption": make_task(tokenizer), "other": make_task(tokenizer, "other")}
-    module = make_module(tokenizer, tasks)
-    module.configure_model()
-    raws = [{"id": f"s{i}", "captions": [f"a red circle {i}"], "image": Image.new("RGB", (32, 32))} for i in range(4)]
-    batch = collate([tasks["caption" if i % 2 else "other"].preprocess(r, "train") for i, r in enumerate(raws)],
-                    tokenizer.pad)
+    tasks, module, batch = two_task_module(tokenizer)
     keep = batch["target"].ne(tokenizer.pad)
     bins = torch.randint(0, tokenizer.num_bins, batch["target"].shape, generator=torch.Generator().manual_seed(0))
     batch["target"] = torch.where(keep, tokenizer.bin_offset + bins, batch["target"])  # every target a location

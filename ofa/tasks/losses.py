@@ -81,10 +81,8 @@ def label_smoothed_cross_entropy(
     lprobs = F.log_softmax(logits.float(), dim=-1)
     if conf is not None:
         lprobs = lprobs * conf.to(lprobs)[:, None].expand_as(keep)[keep][:, None]
-    loss, nll, keep_idx = _smoothed_nll(lprobs, tgt, epsilon, masks, constraint_range)  # (N,) each
-    if bin_sigma > 0 and bin_range is not None:
-        soft = bin_target_nll(lprobs, tgt, *bin_range, bin_sigma)  # (N,): the one-hot NLL outside the bins
-        loss = loss + (soft - nll) * (1.0 - epsilon - _smoothing_share(lprobs, epsilon, masks, constraint_range))
+    bins = (*bin_range, bin_sigma) if bin_sigma > 0 and bin_range is not None else None
+    loss, nll, keep_idx = _smoothed_nll(lprobs, tgt, epsilon, masks, constraint_range, bins)  # (N,) each
     if drop_worst_ratio > 0 and update_num > drop_worst_after:
         loss, idx = torch.topk(loss, k=int(loss.numel() * (1 - drop_worst_ratio)), largest=False)
         nll, keep_idx = nll[idx], keep_idx[idx]
@@ -130,16 +128,6 @@ def bin_target_nll(lprobs: Tensor, target: Tensor, start: int, end: int, sigma: 
     return nll.index_put((rows,), -(weights * picked.masked_fill(~allowed, 0.0)).sum(-1))
 
 
-def _smoothing_share(lprobs: Tensor, epsilon: float, masks: Tensor | None,
-                     constraint_range: tuple[int, int] | None) -> Tensor | float:
-    """`eps_i` of `_smoothed_nll`: the uniform share each allowed id gets."""
-    if masks is not None:
-        return epsilon / (masks.sum(-1) - 1 + 1e-6)
-    if constraint_range is not None:
-        return epsilon / (N_SPECIALS + constraint_range[1] - constraint_range[0] - 1 + 1e-6)
-    return epsilon / (lprobs.size(-1) - 1)
-
-
 def mask_outside_range(logits: Tensor, start: int, end: int) -> Tensor:
     """(N, V) logits with -inf outside the 4 specials and [start, end) (OFA's `--constraint-range`)."""
     logits = logits.clone()
@@ -154,17 +142,23 @@ def _smoothed_nll(
     epsilon: float,
     masks: Tensor | None,
     constraint_range: tuple[int, int] | None,
+    bins: tuple[int, int, float] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """fairseq's `label_smoothed_nll_loss` on already-flattened (N,V) log-probs: per-token smoothed loss,
-    NLL and their indices (N,) each (the caller drops tokens from these)."""
+    NLL and their indices (N,) each (the caller drops tokens from these). `bins` = (start, end, sigma): the
+    target term of a `<bin_i>` target is `bin_target_nll`'s Gaussian one; the returned NLL stays one-hot."""
     nll = -lprobs.gather(-1, target[:, None]).squeeze(-1)  # (N,)
     if masks is not None:
         smooth = -lprobs.masked_fill(~masks, 0.0).sum(-1)
+        eps_i = epsilon / (masks.sum(-1) - 1 + 1e-6)
     elif constraint_range is not None:
         start, end = constraint_range
-        smooth = -torch.cat([lprobs[:, :N_SPECIALS], lprobs[:, start:end]], dim=-1).sum(-1)
+        allowed = torch.cat([lprobs[:, :N_SPECIALS], lprobs[:, start:end]], dim=-1)
+        smooth = -allowed.sum(-1)
+        eps_i = epsilon / (N_SPECIALS + end - start - 1 + 1e-6)
     else:
         smooth = -lprobs.sum(-1)
-    eps_i = _smoothing_share(lprobs, epsilon, masks, constraint_range)
-    loss = (1.0 - epsilon - eps_i) * nll + eps_i * smooth  # (N,)
+        eps_i = epsilon / (lprobs.size(-1) - 1)
+    fit = bin_target_nll(lprobs, target, *bins) if bins is not None else nll  # (N,)
+    loss = (1.0 - epsilon - eps_i) * fit + eps_i * smooth  # (N,)
     return loss, nll, torch.arange(loss.numel(), device=loss.device)
