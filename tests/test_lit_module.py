@@ -156,6 +156,38 @@ def test_mixture_batch_has_a_loss_per_task(tokenizer, synthetic_data_dir: Path) 
     assert sum(o.ntokens for o in per_task.values()) == joint.ntokens
 
 
+def test_task_losses_equal_each_tasks_rows_alone(tokenizer) -> None:
+    """The per-task losses of an interleaved batch (taken from the logits in one grouped selection) equal
+    `label_smoothed_cross_entropy` on each task's rows alone, loss and logit gradient, with a per-sample
+    confidence, one task's constraint masks and an ignored prefix."""
+    tasks, module, batch = two_task_module(tokenizer)
+    module.cfg.loss.ignore_prefix_size = 1
+    tasks["other"].cfg.label_smoothing = 0.2
+    batch["conf"] = torch.tensor([0.5, 1.0, 0.25, 2.0])
+    B, T = batch["target"].shape
+    masks = torch.rand(B, T, len(tokenizer), generator=torch.Generator().manual_seed(0)) > 0.3
+    masks.scatter_(-1, batch["target"][..., None], True)  # the target stays allowed
+    batch["constraint_masks"] = masks
+    logits = torch.randn(B, T, len(tokenizer), generator=torch.Generator().manual_seed(1), requires_grad=True)
+    out = module.task_losses(batch, logits)
+    (grad,) = torch.autograd.grad(sum(o.loss for o in out.values()), logits)
+    want, want_grad = {}, torch.zeros_like(logits)
+    for name in ("other", "caption"):
+        rows = torch.tensor([t == name for t in batch["task"]])
+        part = logits.detach()[rows].requires_grad_()
+        want[name] = label_smoothed_cross_entropy(part, batch["target"][rows], tasks[name].cfg.label_smoothing,
+                                                  tokenizer.pad, batch["conf"][rows], masks[rows],
+                                                  ignore_prefix_size=1)
+        want_grad[rows] = torch.autograd.grad(want[name].loss, part)[0]
+    assert list(out) == ["other", "caption"]
+    for name, o in out.items():
+        assert o.ntokens == want[name].ntokens > 0
+        torch.testing.assert_close(o.loss, want[name].loss, rtol=1e-6, atol=0)
+        torch.testing.assert_close(o.nll_loss, want[name].nll_loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-6, atol=1e-9)
+    assert grad[:, 0].abs().sum() == 0  # the ignored prefix
+
+
 def test_loss_weight_scales_only_its_task(tokenizer) -> None:
     """`task.loss_weight` multiplies that task's summed token loss in the training loss (its logged per-token loss
     and the token count stay as they are); a non-positive weight is refused with the key's name."""

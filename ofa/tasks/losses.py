@@ -72,17 +72,40 @@ def label_smoothed_cross_entropy(
         if constraint_masks is not None:
             constraint_masks = constraint_masks[:, ignore_prefix_size:]
     keep = target.ne(pad)  # (B,T); padding goes first so all-masked pad rows never reach log_softmax
-    logits, tgt = logits[keep], target[keep]  # (N,V), (N,)
     masks = constraint_masks[keep] if constraint_masks is not None else None
+    token_conf = conf[:, None].expand_as(keep)[keep] if conf is not None else None
+    return token_cross_entropy(logits[keep], target[keep], epsilon, token_conf, masks, constraint_range,
+                               drop_worst_ratio, drop_worst_after, update_num, encouraging_log_end, drop_best_ratio,
+                               drop_best_after, bin_range, bin_sigma)
+
+
+def token_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    epsilon: float = 0.1,
+    conf: Tensor | None = None,
+    masks: Tensor | None = None,
+    constraint_range: tuple[int, int] | None = None,
+    drop_worst_ratio: float = 0.0,
+    drop_worst_after: int = 0,
+    update_num: int = 0,
+    encouraging_log_end: float | None = None,
+    drop_best_ratio: float = 0.0,
+    drop_best_after: int = 0,
+    bin_range: tuple[int, int] | None = None,
+    bin_sigma: float = 0.0,
+) -> LossOutput:
+    """`label_smoothed_cross_entropy` on target tokens already selected (padding and prefix gone): logits (N,V),
+    target (N,), conf (N,) per token, masks (N,V) bool."""
     if masks is not None:
         logits = logits.masked_fill(~masks, float("-inf"))
     if constraint_range is not None:
         logits = mask_outside_range(logits, *constraint_range)
     lprobs = F.log_softmax(logits.float(), dim=-1)
     if conf is not None:
-        lprobs = lprobs * conf.to(lprobs)[:, None].expand_as(keep)[keep][:, None]
+        lprobs = lprobs * conf.to(lprobs)[:, None]
     bins = (*bin_range, bin_sigma) if bin_sigma > 0 and bin_range is not None else None
-    loss, nll, keep_idx = _smoothed_nll(lprobs, tgt, epsilon, masks, constraint_range, bins)  # (N,) each
+    loss, nll, keep_idx = _smoothed_nll(lprobs, target, epsilon, masks, constraint_range, bins)  # (N,) each
     if drop_worst_ratio > 0 and update_num > drop_worst_after:
         loss, idx = torch.topk(loss, k=int(loss.numel() * (1 - drop_worst_ratio)), largest=False)
         nll, keep_idx = nll[idx], keep_idx[idx]
@@ -91,7 +114,7 @@ def label_smoothed_cross_entropy(
         nll, keep_idx = nll[idx], keep_idx[idx]
     total = loss.sum()
     if encouraging_log_end is not None:
-        total = total + encouraging_bonus(lprobs[keep_idx], tgt[keep_idx], epsilon, encouraging_log_end)
+        total = total + encouraging_bonus(lprobs[keep_idx], target[keep_idx], epsilon, encouraging_log_end)
     return LossOutput(loss=total, nll_loss=nll.sum(), ntokens=loss.numel())
 
 
