@@ -95,11 +95,21 @@ def test_model_overrides_apply_on_top_of_the_preset(tmp_path: Path) -> None:
 MIXTURE = {"caption", "vqa", "grounding", "snli_ve", "image_classify"}  # the default run's tasks
 
 
+def test_the_mixture_picks_its_model_and_the_command_line_wins(tmp_path: Path) -> None:
+    """`task=mixture` brings ofa_micro (the default run's model); `model=...` beats it, and other tasks keep the
+    primary config's ofa_nano."""
+    choice = lambda overrides: compose_cfg(overrides, tmp_path).hydra.runtime.choices["model"]  # noqa: E731
+    assert choice(["task=mixture"]) == "ofa_micro"
+    assert choice(["task=mixture", "model=ofa_nano"]) == "ofa_nano"
+    assert choice(["task=caption"]) == "ofa_nano"
+
+
 def test_default_config_instantiates(synthetic_data_dir: Path, tmp_path: Path) -> None:
-    """`python train.py`: the task mixture on the synthetic world, ofa_nano, METEOR off."""
+    """`python train.py`: the task mixture on the synthetic world, ofa_micro (the mixture's model), METEOR off."""
     cfg = compose_cfg([f"data.synthetic_dir={synthetic_data_dir}", "data.num_workers=0",
                        f"tokenizer.path={synthetic_data_dir}/tokenizer.json", "logger=csv"], tmp_path)
-    assert cfg.hydra.runtime.choices["task"] == "mixture" and cfg.hydra.runtime.choices["model"] == "ofa_nano"
+    assert cfg.hydra.runtime.choices["task"] == "mixture" and cfg.hydra.runtime.choices["model"] == "ofa_micro"
+    assert cfg.model.d_model == PRESETS["ofa_micro"]["d_model"] == 2 * PRESETS["ofa_nano"]["d_model"]
     assert cfg.task.tasks.caption.meteor is False
     tokenizer = factory.build_tokenizer_from(cfg.tokenizer)
     tasks = factory.build_tasks(cfg.task, tokenizer)
