@@ -1,6 +1,7 @@
 """Text metrics: Gigaword re-tokenisation, ROUGE F1 and the GLUE binary-label metrics (hand-computed values)."""
 import math
 import random
+import sys
 
 import pytest
 import torch
@@ -125,6 +126,10 @@ def test_rouge_empty_and_mismatch():
 def test_rouge_matches_google_rouge_score():
     # cross-check against Google's rouge_score (a test extra, not a dependency of the package: skipped when absent)
     rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+    # rouge_score imports absl, whose log handler keeps the sys.stderr of that moment (pytest's capture of this test)
+    # and closes it on `logging.shutdown`, which a later Hydra run in this process calls: that closed pytest's own
+    # stream and failed every test after it in the worker. The real stderr is never closed.
+    sys.modules["absl.logging"].get_absl_handler().python_handler.stream = sys.__stderr__
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     words = ("the police arrested running runs runner dogs dog cats says said u.s. stocks fell rise rising "
              "prices # 1 2,000 ' s , - ( ) \" <unk> was is generally generous").split()
