@@ -89,7 +89,13 @@ def tiny_vqgan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_nano(tmp_path_factory: pytest.TempPathFactory):
     """An ofa_nano trained 250 steps on a synthetic world of its own (tests/trained_nano.py): `.ckpt`, `folder`,
     `settings`, `data_dir`; reads the large object's colour. Shared by the API, ofa-predict and demo tests
-    (about 30 s, once per session)."""
+    (about 30 s, once per session: under pytest-xdist the first worker to need it trains it in the workers' common
+    temporary folder, the others wait for it and read it)."""
+    from filelock import FileLock
     from trained_nano import train_nano
 
-    return train_nano(tmp_path_factory.mktemp("trained_nano"))
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the folder of all workers' temporary folders
+    with FileLock(str(root / "trained_nano.lock")):
+        return train_nano(root / "trained_nano")

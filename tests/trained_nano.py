@@ -77,8 +77,12 @@ def fit(module: OFALitModule, sources: list[TaskSource], steps: int, out: Path) 
 
 
 def train_nano(out: Path) -> TrainedNano:
+    """Trains into `out`, or returns what an earlier call left there (`out/done`: another pytest-xdist worker)."""
     from ofa.api import OFA
 
+    if (out / "done").exists():
+        return TrainedNano(out / "last.ckpt", out / "pretrained", out / "data", task_settings(out / "data"))
+    out.mkdir(parents=True, exist_ok=True)
     data_dir = generate_synthetic_dataset(out / "data", SyntheticConfig(**WORLD))
     tokenizer = build_tokenizer("trained", data_dir)
     settings = task_settings(data_dir)
@@ -95,4 +99,5 @@ def train_nano(out: Path) -> TrainedNano:
     ckpt = out / "last.ckpt"
     trainer.save_checkpoint(ckpt)
     folder = OFA(module.model, tokenizer, settings, device="cpu").save_pretrained(out / "pretrained")
+    (out / "done").touch()
     return TrainedNano(ckpt, folder, data_dir, settings)
