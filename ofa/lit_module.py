@@ -32,7 +32,7 @@ from ofa.modules.config import OFAConfig
 from ofa.modules.init import fourier_rows_
 from ofa.modules.model import OFAModel
 from ofa.tasks.base import Task
-from ofa.tasks.losses import LossConfig, token_cross_entropy
+from ofa.tasks.losses import LossConfig, target_tokens, token_cross_entropy
 from ofa.tasks.scst import check_scst_alone
 from ofa.tuning import (TuningConfig, base_of, freeze_for_tuning, is_tuning_addition, parameter_report, tuned_config,
                         tuned_state, tuning_record)
@@ -167,31 +167,21 @@ class OFALitModule(pl.LightningModule):
     def task_losses(self, batch: dict[str, Any], logits: Tensor) -> dict[str, Any]:
         """LossOutput per task of the batch (rows grouped by `batch["task"]`). logits (B, T, V).
 
-        The target tokens of every task are taken from the logits in one `index_select`, grouped by task: one
-        (N, V) copy, and one scatter into a zero gradient in backward. (Boolean row and token masks per task
-        cost a full-size zero gradient and an `index_put` each: 17% of the default mixture's step.)"""
-        loss_cfg, target = self.cfg.loss, batch["target"]
-        masks, conf = batch.get("constraint_masks"), batch.get("conf")
-        if (prefix := loss_cfg.ignore_prefix_size) > 0:
-            logits, target = logits[:, prefix:], target[:, prefix:]
-            masks = masks[:, prefix:] if masks is not None else None
-        B, T, V = logits.shape
+        The target tokens of every task are taken from the logits at once, grouped by task (`target_tokens`), and
+        each task's loss runs on its slice. (Boolean row and token masks per task cost a full-size zero gradient
+        and an `index_put` each: 17% of the default mixture's step.)"""
+        loss_cfg = self.cfg.loss
         names = list(dict.fromkeys(batch["task"]))
-        row_task = torch.tensor([names.index(t) for t in batch["task"]], device=logits.device)  # (B,)
-        tokens = target.ne(self.model_cfg.pad_token_id).flatten().nonzero().squeeze(1)  # (N,) row-major
-        token_task = row_task[tokens // T]
-        tokens = tokens[torch.sort(token_task, stable=True).indices]  # grouped by task, row-major within
-        counts = torch.bincount(token_task, minlength=len(names)).tolist()
-        chunks = zip(logits.reshape(B * T, V).index_select(0, tokens).split(counts),
-                     target.flatten()[tokens].split(counts),
-                     masks.reshape(B * T, V)[tokens].split(counts) if masks is not None else [None] * len(names),
-                     conf[tokens // T].split(counts) if conf is not None else [None] * len(names))
+        groups = torch.tensor([names.index(t) for t in batch["task"]], device=logits.device)  # (B,)
+        *tokens, counts = target_tokens(logits, batch["target"], self.model_cfg.pad_token_id, batch.get("conf"),
+                                        batch.get("constraint_masks"), loss_cfg.ignore_prefix_size, groups)
+        chunks = zip(*(t.split(counts) if t is not None else [None] * len(names) for t in tokens))
         out = {}
-        for name, (task_logits, task_target, task_masks, task_conf) in zip(names, chunks):
+        for name, (task_logits, task_target, task_conf, task_masks) in zip(names, chunks):
             task = self.tasks[name]
             cfg = task.cfg
             out[name] = token_cross_entropy(
-                task_logits, task_target, cfg.label_smoothing, task_conf, task_masks, task.constraint_range(),
+                task_logits, task_target, task_conf, task_masks, cfg.label_smoothing, task.constraint_range(),
                 drop_worst_ratio=loss_cfg.drop_worst_ratio, drop_worst_after=loss_cfg.drop_worst_after,
                 update_num=self.global_step, encouraging_log_end=loss_cfg.log_end if loss_cfg.encouraging else None,
                 drop_best_ratio=loss_cfg.drop_best_ratio, drop_best_after=loss_cfg.drop_best_after,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,42 +50,57 @@ def label_smoothed_cross_entropy(
     conf: Tensor | None = None,
     constraint_masks: Tensor | None = None,
     constraint_range: tuple[int, int] | None = None,
-    drop_worst_ratio: float = 0.0,
-    drop_worst_after: int = 0,
-    update_num: int = 0,
     ignore_prefix_size: int = 0,
-    encouraging_log_end: float | None = None,
-    drop_best_ratio: float = 0.0,
-    drop_best_after: int = 0,
-    bin_range: tuple[int, int] | None = None,
-    bin_sigma: float = 0.0,
+    **options: Any,
 ) -> LossOutput:
     """Summed label-smoothed CE over non-pad target tokens.
 
     logits (B,T,V); target (B,T) with `pad` ignored; conf (B,) multiplies log-probs; constraint_masks
-    (B,T,V) bool, True = allowed; constraint_range (s, e) allows ids [0, 4) and [s, e).
-    `encouraging_log_end` not None: add the encouraging bonus of the kept tokens (spec §4.4).
-    `bin_sigma` > 0 (not OFA): a target in `bin_range` (the `<bin_i>` ids) becomes a Gaussian over the bins
-    with that std, in bins, instead of one id (`bin_target_nll`); the reported NLL stays the one-hot one.
+    (B,T,V) bool, True = allowed; constraint_range (s, e) allows ids [0, 4) and [s, e). `options`: those of
+    `token_cross_entropy` (dropping the worst/best tokens, the encouraging bonus, Gaussian bin targets).
     """
+    tokens = target_tokens(logits, target, pad, conf, constraint_masks, ignore_prefix_size)
+    return token_cross_entropy(*tokens[:4], epsilon=epsilon, constraint_range=constraint_range, **options)
+
+
+def target_tokens(
+    logits: Tensor,
+    target: Tensor,
+    pad: int,
+    conf: Tensor | None = None,
+    constraint_masks: Tensor | None = None,
+    ignore_prefix_size: int = 0,
+    groups: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, list[int]]:
+    """The non-pad target tokens after the ignored prefix, in one `index_select` (one (N, V) copy; one scatter
+    into a zero gradient in backward): logits (N,V), target (N,), conf (N,) per token, masks (N,V), and the
+    token count per group. `groups` (B,) int: tokens ordered by their row's group (row-major within one),
+    counts per group id 0..max; None: row-major, one count."""
     if ignore_prefix_size > 0:
         logits, target = logits[:, ignore_prefix_size:], target[:, ignore_prefix_size:]
         if constraint_masks is not None:
             constraint_masks = constraint_masks[:, ignore_prefix_size:]
-    keep = target.ne(pad)  # (B,T); padding goes first so all-masked pad rows never reach log_softmax
-    masks = constraint_masks[keep] if constraint_masks is not None else None
-    token_conf = conf[:, None].expand_as(keep)[keep] if conf is not None else None
-    return token_cross_entropy(logits[keep], target[keep], epsilon, token_conf, masks, constraint_range,
-                               drop_worst_ratio, drop_worst_after, update_num, encouraging_log_end, drop_best_ratio,
-                               drop_best_after, bin_range, bin_sigma)
+    B, T, V = logits.shape
+    tokens = target.ne(pad).flatten().nonzero().squeeze(1)  # (N,) row-major; padding never reaches log_softmax
+    rows = tokens // T
+    if groups is None:
+        counts = [tokens.numel()]
+    else:
+        token_group = groups[rows]
+        order = torch.sort(token_group, stable=True).indices
+        tokens, rows = tokens[order], rows[order]
+        counts = torch.bincount(token_group, minlength=int(groups.max()) + 1).tolist()
+    masks = constraint_masks.reshape(B * T, V)[tokens] if constraint_masks is not None else None
+    return (logits.reshape(B * T, V).index_select(0, tokens), target.flatten()[tokens],
+            conf[rows] if conf is not None else None, masks, counts)
 
 
 def token_cross_entropy(
     logits: Tensor,
     target: Tensor,
-    epsilon: float = 0.1,
     conf: Tensor | None = None,
     masks: Tensor | None = None,
+    epsilon: float = 0.1,
     constraint_range: tuple[int, int] | None = None,
     drop_worst_ratio: float = 0.0,
     drop_worst_after: int = 0,
@@ -95,8 +111,8 @@ def token_cross_entropy(
     bin_range: tuple[int, int] | None = None,
     bin_sigma: float = 0.0,
 ) -> LossOutput:
-    """`label_smoothed_cross_entropy` on target tokens already selected (padding and prefix gone): logits (N,V),
-    target (N,), conf (N,) per token, masks (N,V) bool."""
+    """`label_smoothed_cross_entropy` on target tokens already selected (`target_tokens`): logits (N,V), target (N,),
+    conf (N,) per token, masks (N,V) bool."""
     if masks is not None:
         logits = logits.masked_fill(~masks, float("-inf"))
     if constraint_range is not None:
