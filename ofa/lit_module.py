@@ -32,7 +32,7 @@ from ofa.modules.config import OFAConfig
 from ofa.modules.init import fourier_rows_
 from ofa.modules.model import OFAModel
 from ofa.tasks.base import Task
-from ofa.tasks.losses import LossConfig, target_tokens, token_cross_entropy
+from ofa.tasks.losses import LossConfig, target_fields, target_positions, token_cross_entropy
 from ofa.tasks.scst import check_scst_alone
 from ofa.tuning import (TuningConfig, base_of, freeze_for_tuning, is_tuning_addition, parameter_report, tuned_config,
                         tuned_state, tuning_record)
@@ -158,23 +158,29 @@ class OFALitModule(pl.LightningModule):
             raise RunConfigError("module.init_bins=fourier: the tokenizer has no <bin_i> location tokens")
         fourier_rows_(self.model.encoder.embed_tokens.weight, tok.bin_offset, tok.num_bins, self.model_cfg.init_std)
 
-    def forward(self, batch: dict[str, Any]) -> Tensor:
+    def forward(self, batch: dict[str, Any], target_positions: Tensor | None = None) -> Tensor:
+        """Logits (B, T, V); with `target_positions` (N,) only those flattened positions' logits (N, V)."""
         patches = batch.get("sample_patch_num") if self.training else None  # pretraining: random patches
         return self.model(batch["src_tokens"], batch["prev_output_tokens"], batch.get("patch_images"),
-                          batch.get("patch_masks"), batch.get("code_masks"), patches)  # (B, T, V)
+                          batch.get("patch_masks"), batch.get("code_masks"), patches, target_positions)
 
     # ---------------------------------------------------------------- loss
-    def task_losses(self, batch: dict[str, Any], logits: Tensor) -> dict[str, Any]:
-        """LossOutput per task of the batch (rows grouped by `batch["task"]`). logits (B, T, V).
+    def task_losses(self, batch: dict[str, Any], logits: Tensor | None = None) -> dict[str, Any]:
+        """LossOutput per task of the batch (rows grouped by `batch["task"]`).
 
-        The target tokens of every task are taken from the logits at once, grouped by task (`target_tokens`), and
-        each task's loss runs on its slice. (Boolean row and token masks per task cost a full-size zero gradient
-        and an `index_put` each: 17% of the default mixture's step.)"""
+        The target tokens of every task are taken at once, grouped by task (`target_positions`), and each task's loss
+        runs on its slice. Without `logits` the model runs on the batch and projects only those positions to the
+        vocabulary (with prompts in the decoder, `prompt_type: prev_output`, most positions carry no loss); given
+        logits (B, T, V), they are selected from them (`target_tokens`). (Boolean row and token masks per task cost
+        a full-size zero gradient and an `index_put` each: 17% of the default mixture's step.)"""
         loss_cfg = self.cfg.loss
         names = list(dict.fromkeys(batch["task"]))
-        groups = torch.tensor([names.index(t) for t in batch["task"]], device=logits.device)  # (B,)
-        *tokens, counts = target_tokens(logits, batch["target"], self.model_cfg.pad_token_id, batch.get("conf"),
-                                        batch.get("constraint_masks"), loss_cfg.ignore_prefix_size, groups)
+        target = batch["target"]
+        groups = torch.tensor([names.index(t) for t in batch["task"]], device=target.device)  # (B,)
+        positions, rows, counts = target_positions(target, self.model_cfg.pad_token_id, loss_cfg.ignore_prefix_size,
+                                                   groups)
+        selected = self(batch, positions) if logits is None else logits.flatten(0, 1).index_select(0, positions)
+        tokens = (selected, *target_fields(positions, rows, target, batch.get("conf"), batch.get("constraint_masks")))
         chunks = zip(*(t.split(counts) if t is not None else [None] * len(names) for t in tokens))
         out = {}
         for name, (task_logits, task_target, task_conf, task_masks) in zip(names, chunks):
@@ -199,7 +205,7 @@ class OFALitModule(pl.LightningModule):
             out, rewards = criterion(self.model, batch)
             self.log(f"train/{name}/reward", rewards.mean(), prog_bar=True, batch_size=len(batch["id"]))
             return out.loss, out.ntokens, {name: out}
-        losses = self.task_losses(batch, self(batch))
+        losses = self.task_losses(batch)
         loss = sum(self.tasks[name].cfg.loss_weight * o.loss for name, o in losses.items())  # weight 1: as OFA
         return loss, sum(o.ntokens for o in losses.values()), losses
 
@@ -276,7 +282,7 @@ class OFALitModule(pl.LightningModule):
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
         name = batch["task"][0]  # one task per eval dataloader
-        out = self.task_losses(batch, self(batch))[name]
+        out = self.task_losses(batch)[name]
         self.log(f"{split}/{name}/loss", out.loss / max(out.ntokens, 1), batch_size=len(batch["id"]),
                  sync_dist=True, add_dataloader_idx=False)
         rows = self.tasks[name].evaluate(self.model, batch, self.metrics[name])
@@ -409,7 +415,7 @@ def pretraining_loss(module: OFALitModule, parts: list[dict | None]) -> tuple[Te
     for part in parts:
         if part is None:
             continue
-        out = module.task_losses(part, module(part))
+        out = module.task_losses(part)
         losses.update(out)
         term = sum(o.loss for o in out.values()) / max(sum(o.ntokens for o in out.values()), 1)
         loss = term if loss is None else loss + term

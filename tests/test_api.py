@@ -219,3 +219,11 @@ def test_bad_paths_are_named(tmp_path, trained_nano) -> None:
     m = ofa.from_pretrained(trained_nano.folder)
     with pytest.raises(CheckpointError, match="carries no vocabulary; pass tokenizer="):
         ofa.from_pretrained(fairseq_pt(m, tmp_path / "c.pt"))
+
+
+def test_ground_orders_the_decoded_corners() -> None:
+    """A box decoded with its second corner left of / above the first comes back as the box the corners span."""
+    from ofa.api.pipeline import ordered_corners
+
+    boxes = torch.tensor([[50.9, 41.0, 41.0, 62.0], [1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    assert ordered_corners(boxes).tolist() == [[41.0, 41.0, 50.9, 62.0], [1.0, 2.0, 3.0, 4.0]]

@@ -188,6 +188,42 @@ def test_task_losses_equal_each_tasks_rows_alone(tokenizer) -> None:
     assert grad[:, 0].abs().sum() == 0  # the ignored prefix
 
 
+def test_projecting_only_the_target_positions_gives_the_full_logits_losses_and_gradients(tokenizer) -> None:
+    """`task_losses(batch)` runs the model with `target_positions` (only the positions a loss reads are projected
+    to the vocabulary): per-task losses and every parameter's gradient equal those from the full (B, T, V) logits,
+    with an ignored prefix, padding, per-sample confidence and constraint masks; fewer rows than B*T are projected."""
+    tasks, module, batch = two_task_module(tokenizer)
+    module.cfg.loss.ignore_prefix_size = 1
+    batch["conf"] = torch.tensor([0.5, 1.0, 0.25, 2.0])
+    B, T = batch["target"].shape
+    batch["target"][1, -2:] = tokenizer.pad
+    masks = torch.rand(B, T, len(tokenizer), generator=torch.Generator().manual_seed(0)) > 0.3
+    masks.scatter_(-1, batch["target"][..., None], True)
+    batch["constraint_masks"] = masks
+    module.train()
+
+    def losses_and_grads(full: bool) -> tuple[dict, dict]:
+        module.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the same dropout masks in both runs
+        out = module.task_losses(batch, module(batch) if full else None)
+        sum(o.loss for o in out.values()).backward()
+        return out, {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+    projected = []
+    hook = module.model.decoder.output_projection.register_forward_hook(lambda m, i, o: projected.append(o.shape))
+    want, want_grads = losses_and_grads(full=True)
+    got, got_grads = losses_and_grads(full=False)
+    hook.remove()
+    assert projected[0] == (B, T, len(tokenizer))
+    assert projected[1] == (sum(o.ntokens for o in got.values()), len(tokenizer)) and projected[1][0] < B * (T - 1)
+    for name in want:
+        assert got[name].ntokens == want[name].ntokens
+        torch.testing.assert_close(got[name].loss, want[name].loss, rtol=1e-5, atol=1e-6)
+    assert set(got_grads) == set(want_grads) and len(got_grads) > 10
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_loss_weight_scales_only_its_task(tokenizer) -> None:
     """`task.loss_weight` multiplies that task's summed token loss in the training loss (its logged per-token loss
     and the token count stay as they are); a non-positive weight is refused with the key's name."""

@@ -147,14 +147,16 @@ class OFA:
 
     def ground(self, images: ImageLike | Sequence[ImageLike], phrases: str | Sequence[str],
                **generation: Any) -> list[float] | list[list[float]]:
-        """The box `[x0, y0, x1, y1]` of each phrase, in the pixels of its input image."""
+        """The box `[x0, y0, x1, y1]` of each phrase, in the pixels of its input image, with x0 <= x1 and y0 <= y1: the
+        box spanned by the two decoded corners (a weakly trained model can decode the second corner above or left of
+        the first; the task's evaluation scores the corners as decoded, as OFA does)."""
         pics, single = as_list(images)
         texts = [phrases] * len(pics) if isinstance(phrases, str) else list(phrases)
         check_lengths(pics, texts, "phrases")
         task = self.task("grounding", **generation_settings(generation))
         raws = [{"id": str(i), "image": to_image(p), "refs": [{"text": t, "box": [0.0, 0.0, 1.0, 1.0]}]}
                 for i, (p, t) in enumerate(zip(pics, texts))]
-        boxes = self._run(task, raws, lambda b: task.predict_boxes(self.model, b).tolist())
+        boxes = self._run(task, raws, lambda b: ordered_corners(task.predict_boxes(self.model, b)).tolist())
         return boxes[0] if single else boxes
 
     def classify(self, images: ImageLike | Sequence[ImageLike], labels: Sequence[str] | None = None
@@ -228,6 +230,12 @@ def generation_settings(overrides: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"unknown decoding setting(s) {unknown}; use fields of GenerationConfig: {GENERATION_FIELDS}")
     return {"generation": dict(overrides)} if overrides else {}
+
+
+def ordered_corners(boxes: torch.Tensor) -> torch.Tensor:
+    """(B, 4) `[x0, y0, x1, y1]` -> the same boxes with x0 <= x1 and y0 <= y1 (the box the two corners span)."""
+    lo, hi = torch.minimum(boxes[:, :2], boxes[:, 2:]), torch.maximum(boxes[:, :2], boxes[:, 2:])
+    return torch.cat([lo, hi], dim=1)
 
 
 def as_list(items: Any) -> tuple[list, bool]:

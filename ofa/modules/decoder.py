@@ -224,9 +224,14 @@ class OFADecoder(nn.Module):
         return self.layer_norm(x), states
 
     def forward(self, tokens: Tensor, enc: EncoderOut, code_masks: Tensor | None = None,
-                cache: DecoderCache | None = None) -> Tensor:
-        """Logits (B,T,V) without a cache; with a cache only the last position's, (B,1,V)."""
-        x, _ = self.extract_features(tokens, enc, code_masks, cache)
+                cache: DecoderCache | None = None, target_positions: Tensor | None = None) -> Tensor:
+        """Logits (B,T,V) without a cache, or only at `target_positions` (N,) of the B*T flattened positions, (N,V):
+        the tokens a training loss reads; with a cache only the last position's, (B,1,V)."""
+        x, _ = self.extract_features(tokens, enc, code_masks, cache)  # (B, n, D)
+        if target_positions is not None:
+            if cache is not None:
+                raise ValueError("target_positions is for teacher forcing: not with a cache")
+            return self.output_projection(x.flatten(0, 1).index_select(0, target_positions))  # (N, V)
         if cache is None:
             return self.project(x)
         x = x[:, -1]  # (R, D)

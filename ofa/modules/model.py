@@ -87,23 +87,26 @@ class OFAModel(nn.Module):
         return self.encoder(src_tokens, patch_images, patch_masks, sample_patch_num)
 
     def decode(self, prev_output_tokens: Tensor, encoder_out: EncoderOut, code_masks: Tensor | None = None,
-               cache: DecoderCache | None = None) -> Tensor:
-        """Teacher-forced logits (R,T,V); with a cache, the full prefix goes in and (R,1,V) comes out.
+               cache: DecoderCache | None = None, target_positions: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (R,T,V), or (N,V) at `target_positions` (N,) of the R*T flattened positions; with a
+        cache, the full prefix goes in and (R,1,V) comes out.
 
         `encoder_out` has R rows, or R / G rows each serving G consecutive target rows (beams).
         """
         step = self.__dict__.get("_compiled_step") if cache is not None else None
         if step is None:
-            return self.decoder(prev_output_tokens, encoder_out, code_masks, cache)
+            return self.decoder(prev_output_tokens, encoder_out, code_masks, cache, target_positions)
         cache.bind(encoder_out)  # eagerly: its object-identity branches would each be a compiled variant
         return step(prev_output_tokens, encoder_out, code_masks, cache)
 
     def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor, patch_images: Tensor | None = None,
                 patch_masks: Tensor | None = None, code_masks: Tensor | None = None,
-                sample_patch_num: int | None = None) -> Tensor:
-        """Logits (B, T, V) for teacher forcing."""
+                sample_patch_num: int | None = None, target_positions: Tensor | None = None) -> Tensor:
+        """Logits (B, T, V) for teacher forcing; with `target_positions` (N,), indices into the B*T flattened decoder
+        positions, only those positions' logits (N, V): the output projection (and its gradient) for the tokens a loss
+        reads, not for every prompt position (`ofa.tasks.losses.target_positions`)."""
         enc = self.encode(src_tokens, patch_images, patch_masks, sample_patch_num)
-        return self.decode(prev_output_tokens, enc, code_masks)
+        return self.decode(prev_output_tokens, enc, code_masks, target_positions=target_positions)
 
 
 def count_parameters(cfg: OFAConfig) -> int:

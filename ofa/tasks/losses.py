@@ -63,6 +63,33 @@ def label_smoothed_cross_entropy(
     return token_cross_entropy(*tokens[:4], epsilon=epsilon, constraint_range=constraint_range, **options)
 
 
+def target_positions(target: Tensor, pad: int, ignore_prefix_size: int = 0,
+                     groups: Tensor | None = None) -> tuple[Tensor, Tensor, list[int]]:
+    """Where the loss is taken: flat indices (N,) into the B*T decoder positions of the non-pad target tokens after
+    the ignored prefix, their rows (N,), and the token count per group. target (B,T). `groups` (B,) int: tokens
+    ordered by their row's group (row-major within one), counts per group id 0..max; None: row-major, one count."""
+    B, T = target.shape
+    keep = target.ne(pad)
+    if ignore_prefix_size > 0:
+        keep[:, :ignore_prefix_size] = False
+    tokens = keep.flatten().nonzero().squeeze(1)  # (N,) row-major; padding never reaches log_softmax
+    rows = tokens // T
+    if groups is None:
+        return tokens, rows, [tokens.numel()]
+    token_group = groups[rows]
+    order = torch.sort(token_group, stable=True).indices
+    counts = torch.bincount(token_group, minlength=int(groups.max()) + 1).tolist()
+    return tokens[order], rows[order], counts
+
+
+def target_fields(positions: Tensor, rows: Tensor, target: Tensor, conf: Tensor | None = None,
+                  constraint_masks: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """What the loss needs at `target_positions`: target (N,), conf (N,) per token (conf (B,) per row), masks (N,V)
+    (constraint_masks (B,T,V))."""
+    masks = constraint_masks.flatten(0, 1)[positions] if constraint_masks is not None else None
+    return target.flatten()[positions], conf[rows] if conf is not None else None, masks
+
+
 def target_tokens(
     logits: Tensor,
     target: Tensor,
@@ -74,25 +101,11 @@ def target_tokens(
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, list[int]]:
     """The non-pad target tokens after the ignored prefix, in one `index_select` (one (N, V) copy; one scatter
     into a zero gradient in backward): logits (N,V), target (N,), conf (N,) per token, masks (N,V), and the
-    token count per group. `groups` (B,) int: tokens ordered by their row's group (row-major within one),
-    counts per group id 0..max; None: row-major, one count."""
-    if ignore_prefix_size > 0:
-        logits, target = logits[:, ignore_prefix_size:], target[:, ignore_prefix_size:]
-        if constraint_masks is not None:
-            constraint_masks = constraint_masks[:, ignore_prefix_size:]
-    B, T, V = logits.shape
-    tokens = target.ne(pad).flatten().nonzero().squeeze(1)  # (N,) row-major; padding never reaches log_softmax
-    rows = tokens // T
-    if groups is None:
-        counts = [tokens.numel()]
-    else:
-        token_group = groups[rows]
-        order = torch.sort(token_group, stable=True).indices
-        tokens, rows = tokens[order], rows[order]
-        counts = torch.bincount(token_group, minlength=int(groups.max()) + 1).tolist()
-    masks = constraint_masks.reshape(B * T, V)[tokens] if constraint_masks is not None else None
-    return (logits.reshape(B * T, V).index_select(0, tokens), target.flatten()[tokens],
-            conf[rows] if conf is not None else None, masks, counts)
+    token count per group (`target_positions`). logits (B,T,V). Training projects only these positions
+    (`OFAModel.forward(target_positions=...)`); this is for logits that are already there."""
+    positions, rows, counts = target_positions(target, pad, ignore_prefix_size, groups)
+    return (logits.flatten(0, 1).index_select(0, positions),
+            *target_fields(positions, rows, target, conf, constraint_masks), counts)
 
 
 def token_cross_entropy(

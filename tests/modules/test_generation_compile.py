@@ -52,7 +52,10 @@ def test_compiled_decoding_equals_eager_and_compiles_per_shape_not_per_step(beam
     assert compiled == eager  # same tokens, bitwise the same scores
     first = counter.frame_count
     assert 0 < first <= 4, first  # cache length 0, 1, >= 2, and 1 live row: not one per step (8 steps)
-    assert generate(model, beam, seed=1) == generate(nano_model(), beam, seed=1)  # another batch: no recompile
+    other, want = generate(model, beam, seed=1), generate(nano_model(), beam, seed=1)  # another batch: no recompile
+    assert [[t for t, _ in s] for s in other] == [[t for t, _ in s] for s in want]  # the same tokens
+    # scores to float noise: an AVX2 CPU's kernels differ in the last bit on this batch's shapes
+    assert [c for s in other for _, c in s] == pytest.approx([c for s in want for _, c in s], rel=1e-6)
     assert counter.frame_count == first
     assert all("_orig_mod" not in key for key in model.state_dict())  # the compiled step is outside the tree
     assert dict(model.named_modules()).keys() == dict(nano_model().named_modules()).keys()
