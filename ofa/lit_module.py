@@ -171,7 +171,7 @@ class OFALitModule(pl.LightningModule):
         The target tokens of every task are taken at once, grouped by task (`target_positions`), and each task's loss
         runs on its slice. Without `logits` the model runs on the batch and projects only those positions to the
         vocabulary (with prompts in the decoder, `prompt_type: prev_output`, most positions carry no loss); given
-        logits (B, T, V), they are selected from them (`target_tokens`). (Boolean row and token masks per task cost
+        logits (B, T, V), the same positions are selected from them (as `target_tokens` does). (Boolean row and token masks per task cost
         a full-size zero gradient and an `index_put` each: 17% of the default mixture's step.)"""
         loss_cfg = self.cfg.loss
         names = list(dict.fromkeys(batch["task"]))
