@@ -9,7 +9,7 @@
   expansion), for running a documented command through `run_command`.
 - `run_concurrently(commands, cwd, env)`: several independent commands two at a time (the machine's cores).
 - `start_train_until(args, env, logged_step, after_step)`: a served train.py run, returned once its log reached a
-  step (then kill it with `kill_group`).
+  step (then kill it with `kill_group`, or signal its pid).
 """
 from __future__ import annotations
 
@@ -161,15 +161,11 @@ def kill_group(proc: subprocess.Popen | ServedProcess) -> None:
 
 
 def start_train_until(args: Sequence[str], env: dict, logged_step: Callable[[], int], after_step: int,
-                      pipe: bool = False) -> subprocess.Popen | ServedProcess:
-    """Start `python train.py ARGS` in a session of its own and return it once `logged_step()` (the newest step
-    in its log) reaches `after_step`; a run that ends first or takes over 10 minutes is killed and fails.
-    Served (no output kept), or with `pipe` a plain process whose stdout and stderr the caller reads."""
-    if pipe:
-        proc = subprocess.Popen([sys.executable, TRAIN, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-    else:
-        proc = train_server().start([TRAIN, *args], ROOT, env)
+                      out: str = os.devnull, err: str = os.devnull) -> ServedProcess:
+    """Start `python train.py ARGS` (served, in a session of its own; stdout and stderr into the files `out` and
+    `err`) and return it once `logged_step()` (the newest step in its log) reaches `after_step`; a run that ends
+    first or takes over 10 minutes is killed and fails."""
+    proc = train_server().start([TRAIN, *args], ROOT, env, out, err)
     deadline = time.monotonic() + 600
     try:
         while logged_step() < after_step:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from subprocess_runs import kill_group, run_command, start_train_until
+from subprocess_runs import kill_group, run_command, start_train_until, train_server
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,9 +95,8 @@ class Reference:
     def __init__(self, args: list[str], run_dir: Path) -> None:
         self.run_dir, self.log = run_dir, run_dir.parent / "output.txt"
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env(),
-                                         stdout=out, stderr=subprocess.STDOUT)
+        self.proc = train_server().start([str(ROOT / "train.py"), *args], ROOT, env(), out=str(self.log),
+                                         err=str(self.log))
 
     def result(self) -> tuple[dict[int, str], str]:
         """(step -> loss, the run's output) once it has finished."""
@@ -167,13 +166,14 @@ def test_sigkill_and_resume_is_bitwise_exact_variants(synthetic_data_dir: Path, 
 
 def train_until_sigterm(args: list[str], run_dir: Path, after_step: int) -> subprocess.CompletedProcess:
     """Start train.py, SIGTERM it as soon as its log shows `after_step`, and let it end on its own."""
-    proc = start_train_until(args, env(), lambda: max(losses(run_dir), default=-1), after_step, pipe=True)
+    out, err = run_dir.parent / "stdout.txt", run_dir.parent / "stderr.txt"
+    proc = start_train_until(args, env(), lambda: max(losses(run_dir), default=-1), after_step, str(out), str(err))
     try:
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=120)
+        os.kill(proc.pid, signal.SIGTERM)  # the run's process only, as a scheduler's preemption notice
+        proc.wait(timeout=120)
     finally:
         kill_group(proc)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text())
 
 
 def check_sigterm_resume(proc: subprocess.CompletedProcess, first: Path, second: Path, reference: Reference,

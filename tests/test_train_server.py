@@ -62,3 +62,27 @@ def test_stdout_and_stderr_into_one_file_interleave_as_written(tmp_path) -> None
     code = "import sys; print('out 1', flush=True); print('err', file=sys.stderr, flush=True); print('out 2')"
     assert train_server().start(["-c", code], tmp_path, dict(os.environ), out=log, err=log).wait(60) == 0
     assert (tmp_path / "log").read_text() == "out 1\nerr\nout 2\n"
+
+
+def test_a_further_rank_of_the_served_script_is_its_spare_and_anything_else_a_plain_process(tmp_path) -> None:
+    """What Lightning's DDP launcher does (`Popen([python, script, ...], env={..., LOCAL_RANK: 1}, cwd=...)`) gets the
+    run's spare: a child in the run's group that already has torch imported, with the command's argv, environment
+    and working directory, that `Popen` waits for; the same command without a rank is a fresh interpreter."""
+    script = tmp_path / "ranks.py"
+    script.write_text(
+        "import os, subprocess, sys\n"
+        "if sys.argv[1] == 'x':  # a launched process\n"
+        "    print(os.environ.get('LOCAL_RANK'), 'torch' in sys.modules, os.getpgid(0) == int(os.environ['PGID']),\n"
+        "          os.getcwd(), sys.argv[1:], flush=True)\n"
+        "    sys.exit(int(os.environ.get('LOCAL_RANK', 0)) + 4)\n"
+        "env = {**os.environ, 'PGID': str(os.getpgid(0))}\n"
+        "for extra in ({'LOCAL_RANK': '1'}, {'LOCAL_RANK': '2'}, {}):  # the spare, then plain processes\n"
+        "    child = subprocess.Popen([sys.executable, sys.argv[0], 'x'], env={**env, **extra}, cwd=sys.argv[1])\n"
+        "    print('status', child.wait(), flush=True)\n")
+    (tmp_path / "elsewhere").mkdir()
+    proc = train_server().run([str(script), str(tmp_path / "elsewhere")], tmp_path, dict(os.environ), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines == [f"1 True True {tmp_path / 'elsewhere'} ['x']", "status 5",
+                     f"2 False True {tmp_path / 'elsewhere'} ['x']", "status 6",
+                     f"None False True {tmp_path / 'elsewhere'} ['x']", "status 4"]

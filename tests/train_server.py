@@ -10,6 +10,13 @@ launching further real processes — is exactly what a user's command does. The 
 has no threads, so forking is safe, and it writes its answers with `os.write` (no Python-level locks are
 inherited held).
 
+A DDP run's other ranks: Lightning starts them as `python train.py ...` with `subprocess.Popen`. Each child forks a
+spare of itself before running the command (while it has no threads); when the run launches a further rank of its
+own script (`LOCAL_RANK` > 0 in the environment it passes), the spare becomes that process, with the command's
+argv, environment and working directory, instead of a fresh interpreter paying the imports again. It is a real
+child of the run, in its session (a kill of the group reaches it), that `Popen` polls, waits for and signals as
+usual; only one per run (a third rank would be a plain process). An unused spare exits when the run does.
+
 Protocol (one JSON object per line): request `{"id", "argv", "env", "cwd", "out", "err"}` on stdin (argv:
 the interpreter's arguments, `[script, ...]`, `["-m", module, ...]` or `["-c", code, ...]`); the server
 answers `{"id", "pid"}` when the child starts and `{"id", "rc"}` when it ends (rc as subprocess reports it:
@@ -21,6 +28,7 @@ import json
 import os
 import runpy
 import select
+import subprocess
 import sys
 import traceback
 import types
@@ -43,9 +51,17 @@ def run_child(request: dict, ready: int) -> None:
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own streams, never closed
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    spare = Spare()
+    code = run_and_report(list(request["argv"]))
+    spare.release()
+    os._exit(code)
+
+
+def run_and_report(argv: list[str]) -> int:
+    """Run the command as the interpreter would and return its exit status (printing what it would print)."""
     code = 0
     try:
-        run_main(list(request["argv"]))
+        run_main(argv)
     except SystemExit as exit_:
         if isinstance(exit_.code, int) or exit_.code is None:
             code = exit_.code or 0
@@ -57,7 +73,64 @@ def run_child(request: dict, ready: int) -> None:
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    return code
+
+
+class Spare:
+    """A fork of this child made before its command runs: the next rank of a DDP run, if it launches one.
+
+    While installed, `subprocess.Popen` of `[python, <this script>, ...]` with `LOCAL_RANK` > 0 in its environment
+    hands the command to the spare (one JSON line on a pipe) instead of executing a new interpreter; every other
+    `Popen` is the real one."""
+
+    def __init__(self) -> None:
+        read_end, self.write_end = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the spare: wait for a command, or for the run's end (end of file)
+            os.close(self.write_end)
+            with os.fdopen(read_end, "rb") as pipe:
+                line = pipe.read()
+            if not line:
+                os._exit(0)
+            request = json.loads(line)
+            os.chdir(request["cwd"])
+            os.environ.clear()
+            os.environ.update(request["env"])
+            os._exit(run_and_report(request["argv"]))
+        os.close(read_end)
+        self.used = False
+        spare = self
+
+        class SparePopen(subprocess.Popen):
+            def _execute_child(self, args, executable, preexec_fn, close_fds, pass_fds, cwd, env, *rest):
+                if not spare.takes(args, env, rest[3:9]):
+                    return super()._execute_child(args, executable, preexec_fn, close_fds, pass_fds, cwd, env, *rest)
+                spare.hand_over(list(args[1:]), cwd, env)
+                self.pid, self._child_created = spare.pid, True
+                return None
+
+        self.real_popen, subprocess.Popen = subprocess.Popen, SparePopen
+
+    def takes(self, args, env, pipe_fds) -> bool:
+        """Is this `Popen` a further rank of the running script (no pipes, the parent's streams)?"""
+        if self.used or isinstance(args, (str, bytes)) or len(args) < 2 or env is None or set(pipe_fds) != {-1}:
+            return False
+        rank = str(env.get("LOCAL_RANK", "0"))
+        return (str(args[0]) == sys.executable and rank.isdigit() and int(rank) > 0
+                and os.path.realpath(str(args[1])) == os.path.realpath(sys.argv[0]))
+
+    def hand_over(self, argv: list[str], cwd, env) -> None:
+        self.used = True
+        message = json.dumps({"argv": [str(a) for a in argv], "cwd": str(cwd or os.getcwd()), "env": dict(env)})
+        os.write(self.write_end, message.encode())
+        os.close(self.write_end)
+
+    def release(self) -> None:
+        """At the run's end: an unused spare exits (end of file) and is reaped; a used one is a rank of the run."""
+        subprocess.Popen = self.real_popen
+        if not self.used:
+            os.close(self.write_end)
+            os.waitpid(self.pid, 0)
 
 
 def run_main(argv: list[str]) -> None:
