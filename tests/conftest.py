@@ -22,12 +22,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import json  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import pytest  # noqa: E402
 
-from ofa.datamodules.synthetic import ensure_synthetic_dataset  # noqa: E402
-from ofa.tokenizer import OFATokenizer, build_tokenizer  # noqa: E402
-from stub_tasks import StubTask  # noqa: E402  # a module of its own: spawned DDP ranks unpickle it by name
+# The project (torch, Lightning) is imported by the fixtures, not here: pytest-xdist's controller process loads this
+# file too and runs no test; with these imports at the top it spent ~9 s on them before starting the workers.
+if TYPE_CHECKING:
+    from ofa.tokenizer import OFATokenizer
+    from stub_tasks import StubTask
 
 @pytest.fixture(autouse=True)
 def _process_state_restored():
@@ -50,6 +53,8 @@ SYNTHETIC_TEST_CONFIG = dict(num_train=48, num_val=16, num_test=16, image_size=6
 
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ofa.datamodules.synthetic import ensure_synthetic_dataset
+
     return ensure_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "data", **SYNTHETIC_TEST_CONFIG)
 
 
@@ -61,11 +66,15 @@ def synthetic_shards(synthetic_data_dir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tokenizer(synthetic_data_dir: Path) -> OFATokenizer:
+    from ofa.tokenizer import build_tokenizer
+
     return build_tokenizer("trained", synthetic_data_dir)
 
 
 @pytest.fixture(scope="session")
 def stub_task(tokenizer: OFATokenizer) -> Callable[..., StubTask]:
+    from stub_tasks import StubTask  # a module of its own: spawned DDP ranks unpickle it by name
+
     def make(name: str = "caption", field: str = "captions", image_size: int = 16) -> StubTask:
         return StubTask(tokenizer, name, field, image_size)
 
