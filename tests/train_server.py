@@ -28,6 +28,7 @@ import json
 import os
 import runpy
 import select
+import signal
 import subprocess
 import sys
 import traceback
@@ -86,11 +87,11 @@ class Spare:
     def __init__(self) -> None:
         read_end, self.write_end = os.pipe()
         self.pid = os.fork()
-        if self.pid == 0:  # the spare: wait for a command, or for the run's end (end of file)
+        if self.pid == 0:  # the spare: wait for a command (one line), or for the run's end (end of file, or killed)
             os.close(self.write_end)
             with os.fdopen(read_end, "rb") as pipe:
-                line = pipe.read()
-            if not line:
+                line = pipe.readline()
+            if not line.endswith(b"\n"):
                 os._exit(0)
             request = json.loads(line)
             os.chdir(request["cwd"])
@@ -122,14 +123,16 @@ class Spare:
     def hand_over(self, argv: list[str], cwd, env) -> None:
         self.used = True
         message = json.dumps({"argv": [str(a) for a in argv], "cwd": str(cwd or os.getcwd()), "env": dict(env)})
-        os.write(self.write_end, message.encode())
+        os.write(self.write_end, message.encode() + b"\n")
         os.close(self.write_end)
 
     def release(self) -> None:
-        """At the run's end: an unused spare exits (end of file) and is reaped; a used one is a rank of the run."""
+        """At the run's end: an unused spare is ended and reaped (a process the run forked may still hold the pipe
+        open, so its end of file is not waited for); a used one is a rank of the run."""
         subprocess.Popen = self.real_popen
         if not self.used:
             os.close(self.write_end)
+            os.kill(self.pid, signal.SIGKILL)
             os.waitpid(self.pid, 0)
 
 
