@@ -5,7 +5,7 @@ One server process imports `ofa.train` once and then forks a child per request. 
 its own, like `python train.py ...`: its own argv, environment, working directory, stdout/stderr files,
 session (so a test can kill its whole group) and exit status; it runs the real root `train.py` as
 `__main__`, so everything after the imports — Hydra's command-line parsing, the exit handlers, DDP
-launching further real processes — is exactly what a user's command does. The same for `python -m MODULE
+launching its further ranks with `subprocess.Popen` — is what a user's command does. The same for `python -m MODULE
 ...` and `python -c CODE ...` (argv, `sys.path[0]` and `__main__` as the interpreter sets them). The server
 has no threads, so forking is safe, and it writes its answers with `os.write` (no Python-level locks are
 inherited held).
