@@ -68,7 +68,7 @@ def target_positions(target: Tensor, pad: int, ignore_prefix_size: int = 0,
     """Where the loss is taken: flat indices (N,) into the B*T decoder positions of the non-pad target tokens after
     the ignored prefix, their rows (N,), and the token count per group. target (B,T). `groups` (B,) int: tokens
     ordered by their row's group (row-major within one), counts per group id 0..max; None: row-major, one count."""
-    B, T = target.shape
+    T = target.shape[1]
     keep = target.ne(pad)
     if ignore_prefix_size > 0:
         keep[:, :ignore_prefix_size] = False
