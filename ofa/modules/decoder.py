@@ -239,19 +239,31 @@ class OFADecoder(nn.Module):
         if not cache.reuse_logits or torch.is_grad_enabled() or torch.compiler.is_compiling() \
                 or torch.is_autocast_enabled(x.device.type) or x.dtype != weight.dtype:
             return self.project(x[:, None])
-        out = cache.work.get("logits", (x.size(0), 1, weight.size(0)), x.dtype, x.device)  # (R, 1, V)
-        torch.mm(x, weight.t(), out=out.view(x.size(0), -1))
+        rows, vocab = x.size(0), weight.size(0)
+        out = cache.work.get("logits", (rows, 1, vocab), x.dtype, x.device)  # (R, 1, V)
+        if flipped_projection_pays(x):
+            flipped = cache.work.get("logits_t", (vocab, rows), x.dtype, x.device)  # (V, R)
+            torch.mm(weight, x.t(), out=flipped)
+            out.view(rows, vocab).copy_(flipped.t())
+        else:
+            torch.mm(x, weight.t(), out=out.view(rows, vocab))
         return out
 
     def project(self, x: Tensor) -> Tensor:
-        """Output projection (R, n, D) -> logits (R, n, V).
-
-        Without autograd and for at most 8 rows as `(W @ x^T)^T`: for this shape (a 59k-row weight) MKL's
-        GEMM is ~1.25x faster that way on CPU; from 12 rows on the transpose copy costs more than it saves
-        (2.7x slower at 40 rows; `experiments/README.md`, "Channels-last training, generation without fresh buffers").
-        """
+        """Output projection (R, n, D) -> logits (R, n, V); without autograd and for a few rows as `(W @ x^T)^T`
+        (`flipped_projection_pays`)."""
         r, n, d = x.shape
-        if torch.is_grad_enabled() or x.device.type != "cpu" or r * n > 8:
+        flat = x.reshape(r * n, d)
+        if torch.is_grad_enabled() or not flipped_projection_pays(flat):
             return self.output_projection(x)
-        logits = torch.mm(self.output_projection.weight, x.reshape(r * n, d).t())  # (V, R*n)
+        logits = torch.mm(self.output_projection.weight, flat.t())  # (V, R*n)
         return logits.t().contiguous().view(r, n, -1)
+
+
+def flipped_projection_pays(x: Tensor) -> bool:
+    """Whether the output projection of these rows (N, D) is faster as `(W @ x^T)^T` than as `x @ W^T` (the same
+    float32 products, summed in another order): on CPU for at most 8 rows, where MKL's GEMM for a 59k-row weight is
+    1.25x (Xeon) to 1.8x (AMD EPYC, copy included) faster that way; from 12 rows on, the transposed copy cost more
+    than it saved on the Xeon (`experiments/README.md`: "Channels-last training, generation without fresh buffers",
+    "The output projection of a few rows"; `experiments/projection_kernels.py` times both on any CPU)."""
+    return x.device.type == "cpu" and x.size(0) <= 8

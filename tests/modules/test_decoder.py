@@ -116,6 +116,23 @@ def test_fast_projection_equals_the_linear_layer(setup):
     assert torch.allclose(fast, dec.output_projection(x).detach(), atol=1e-6)
 
 
+@pytest.mark.parametrize("beams", [1, 3])  # 4 rows (flipped product, <= 8) and 12 rows (x @ W^T)
+@torch.no_grad()
+def test_reused_logits_of_a_cached_step_equal_the_full_pass(setup, beams):
+    """Cached steps with `reuse_logits` (the generator's) write the last position's logits into one buffer of the
+    cache, through `(W @ x^T)^T` for a few rows and `x @ W^T` for more: both equal the uncached logits."""
+    dec, enc, batch = setup
+    tokens = batch["prev_output_tokens"][:, :4].repeat_interleave(beams, 0)  # (4 * beams, 4): beams share a row
+    cache = DecoderCache(len(dec.layers), reuse_logits=True)
+    dec(tokens[:, :2], enc, cache=cache)
+    buffers = set()
+    for t in (3, 4):
+        step = dec(tokens[:, :t], enc, cache=cache)  # (R, 1, V)
+        assert (step[:, 0] - dec(tokens[:, :t], enc)[:, -1]).abs().max() <= 1e-5
+        buffers.add(step.data_ptr())
+    assert len(buffers) == 1
+
+
 @torch.no_grad()
 def test_hidden_states(setup):
     dec, enc, batch = setup
