@@ -10,20 +10,18 @@ Prints the median milliseconds per product and the largest difference from a flo
 from __future__ import annotations
 
 import argparse
-import time
+import statistics
+import sys
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import timed  # noqa: E402  (one warm-up call, then the timed calls)
+
 
 def median_ms(fn, reps: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1000
+    return statistics.median(timed(fn, reps)[0]) * 1000
 
 
 def main(argv: list[str] | None = None) -> None:
