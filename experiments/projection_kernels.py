@@ -1,7 +1,8 @@
-"""Which form of the generator's output projection is faster on this CPU? Times the cached decoding step's two
-float32 products of R rows (R, D) with the tied 59457 x 256 embedding, each into reused buffers:
-`x @ W^T` (straight into the logits) and `(W @ x^T)^T` (into a (V, R) buffer, then copied into the logits), which
-`ofa.modules.decoder.flipped_projection_pays` picks for at most 8 rows.
+"""Which form of the generator's output projection is faster on this CPU? Times the cached decoding step's three
+float32 products of R rows (R, D) with the tied 59457 x 256 embedding, each ending in the step's reused logits
+buffer: `x @ W^T` (straight into it), `(W @ x^T)^T` (into a (V, R) buffer, then copied) and oneDNN's linear
+(`torch.ops.mkldnn._linear_pointwise`, then copied); `ofa.modules.decoder.projection_form` says which one the
+generator uses for R rows.
 
     .venv/bin/python experiments/projection_kernels.py [--rows 1 8 12 40] [--threads 2] [--reps 15]
 
@@ -15,6 +16,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from ofa.modules.decoder import ONEDNN_LINEAR, projection_form
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import timed  # noqa: E402  (one warm-up call, then the timed calls)
@@ -34,8 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     weight = torch.randn(args.vocab, args.dim, generator=torch.Generator().manual_seed(0)) * 0.02  # (V, D)
-    print(f"| rows | x @ W^T, ms | (W @ x^T)^T + copy, ms | ratio | max error vs float64 (straight / flipped) |\n"
-          f"|---|---|---|---|---|")
+    print("| rows | x @ W^T, ms | (W @ x^T)^T + copy, ms | oneDNN linear + copy, ms | generator's form | "
+          "max error vs float64 (straight / flipped / oneDNN) |\n|---|---|---|---|---|---|")
     for rows in args.rows:
         x = torch.randn(rows, args.dim, generator=torch.Generator().manual_seed(rows))  # (R, D)
         out, flipped = torch.empty(rows, args.vocab), torch.empty(args.vocab, rows)
@@ -47,11 +50,14 @@ def main(argv: list[str] | None = None) -> None:
             torch.mm(weight, x.t(), out=flipped)
             return out.copy_(flipped.t())
 
-        exact = x.double() @ weight.double().t()
-        errors = [(fn().double() - exact).abs().max().item() for fn in (straight, flip)]
-        a, b = median_ms(straight, args.reps), median_ms(flip, args.reps)
-        print(f"| {rows} | {a:.2f} | {b:.2f} | {a / b:.2f}x | {errors[0]:.1e} / {errors[1]:.1e} |")
+        def onednn() -> torch.Tensor:
+            return out.copy_(torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], ""))
 
+        forms = [straight, flip] + ([onednn] if ONEDNN_LINEAR else [])
+        exact = x.double() @ weight.double().t()
+        errors = [f"{(fn().double() - exact).abs().max().item():.1e}" for fn in forms]
+        times = [f"{median_ms(fn, args.reps):.2f}" for fn in forms] + ["-"] * (3 - len(forms))
+        print(f"| {rows} | {' | '.join(times)} | {projection_form(x)} | {' / '.join(errors)} |")
 
 if __name__ == "__main__":
     main()

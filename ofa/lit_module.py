@@ -55,10 +55,24 @@ def nonfinite_step(loss: Tensor | None, params: Iterator[nn.Parameter], strategy
     if loss is not None:
         flags.append((~torch.isfinite(loss.detach())).any().float().to(flags[0].device))
     if grads:
-        norms = torch.stack(torch._foreach_norm(grads, float("inf")))
-        flags.append((~torch.isfinite(norms)).any().float())
+        flags.append(nonfinite_grads(grads))
     bad = torch.stack(flags).sum()
     return bool(strategy.reduce(bad, reduce_op="sum") > 0)
+
+
+def nonfinite_grads(grads: list[Tensor]) -> Tensor:
+    """1.0 if a gradient holds a NaN or inf, else 0.0 (a 0-dim float tensor).
+
+    The per-tensor 2-norms are NaN/inf for such a tensor; they are also inf for a finite one whose sum of
+    squares overflows, so only those are checked again by max-abs, which cannot overflow. The 2-norms are the
+    fast path: on a CPU `_foreach_norm` takes ~5x longer for max-abs (20 of a 450 ms step of the default run).
+    """
+    norms = torch.stack(torch._foreach_norm(grads, 2.0))
+    suspect = (~torch.isfinite(norms)).nonzero().flatten().tolist()
+    if not suspect:
+        return norms.new_zeros(())
+    max_abs = torch.stack(torch._foreach_norm([grads[i] for i in suspect], float("inf")))
+    return (~torch.isfinite(max_abs)).any().to(norms.dtype)
 
 
 @dataclass

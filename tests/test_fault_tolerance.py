@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from ofa.datamodules.shards import check_shards
 from ofa.errors import RunConfigError
 from ofa.factory import build_task
-from ofa.lit_module import NonFiniteError
+from ofa.lit_module import NonFiniteError, nonfinite_grads
 from ofa.modules.config import OFAConfig
 from ofa.schemas import task_schema
 from ofa.tasks import TASKS, Task
@@ -114,6 +114,20 @@ def test_too_many_nonfinite_steps_in_a_row_stop_the_run(tokenizer, synthetic_sha
                          default_root_dir=str(tmp_path))
     with pytest.raises(NonFiniteError, match=r"2 steps in a row .*module.max_nonfinite_steps=2"):
         trainer.fit(module, datamodule=make_dm(module.tasks, synthetic_shards))
+
+
+
+@pytest.mark.parametrize(("value", "bad"), [(1.0, False), (3e30, False), (float("nan"), True), (float("inf"), True),
+                                            (-float("inf"), True)])
+def test_nonfinite_grads_flags_nan_and_inf_but_not_an_overflowing_norm(value: float, bad: bool) -> None:
+    grads = [torch.ones(40, 30), torch.ones(7), torch.ones(5, 5)]
+    grads[1][3] = value  # with 3e30 the 2-norm of the tensor overflows (inf) though every element is finite
+    assert torch.isfinite(grads[1]).all() != bad
+    assert nonfinite_grads(grads).item() == float(bad)
+    grads[1][3] = 1.0
+    grads[1][4] = 3e30  # two tensors: one overflows, one is bad
+    grads[2][0, 0] = value
+    assert nonfinite_grads(grads).item() == float(bad)
 
 
 # ------------------------------------------------------------------------------ configurations

@@ -241,29 +241,48 @@ class OFADecoder(nn.Module):
             return self.project(x[:, None])
         rows, vocab = x.size(0), weight.size(0)
         out = cache.work.get("logits", (rows, 1, vocab), x.dtype, x.device)  # (R, 1, V)
-        if flipped_projection_pays(x):
+        form = projection_form(x)
+        if form == "flipped":
             flipped = cache.work.get("logits_t", (vocab, rows), x.dtype, x.device)  # (V, R)
             torch.mm(weight, x.t(), out=flipped)
             out.view(rows, vocab).copy_(flipped.t())
+        elif form == "onednn":
+            out.view(rows, vocab).copy_(torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], ""))
         else:
             torch.mm(x, weight.t(), out=out.view(rows, vocab))
         return out
 
     def project(self, x: Tensor) -> Tensor:
-        """Output projection (R, n, D) -> logits (R, n, V); without autograd and for a few rows as `(W @ x^T)^T`
-        (`flipped_projection_pays`)."""
+        """Output projection (R, n, D) -> logits (R, n, V); without autograd in the form `projection_form` picks."""
         r, n, d = x.shape
         flat = x.reshape(r * n, d)
-        if torch.is_grad_enabled() or not flipped_projection_pays(flat):
-            return self.output_projection(x)
-        logits = torch.mm(self.output_projection.weight, flat.t())  # (V, R*n)
-        return logits.t().contiguous().view(r, n, -1)
+        form = "autograd" if torch.is_grad_enabled() else projection_form(flat)
+        weight = self.output_projection.weight
+        if form == "flipped":
+            return torch.mm(weight, flat.t()).t().contiguous().view(r, n, -1)  # (V, R*n) -> (R, n, V)
+        if form == "onednn":
+            return torch.ops.mkldnn._linear_pointwise(flat, weight, None, "none", [], "").view(r, n, -1)
+        return self.output_projection(x)
 
 
-def flipped_projection_pays(x: Tensor) -> bool:
-    """Whether the output projection of these rows (N, D) is faster as `(W @ x^T)^T` than as `x @ W^T` (the same
-    float32 products, summed in another order): on CPU for at most 8 rows, where MKL's GEMM for a 59k-row weight is
-    1.25x (Xeon) to 1.8x (AMD EPYC, copy included) faster that way; from 12 rows on, the transposed copy cost more
-    than it saved on the Xeon (`experiments/README.md`: "Channels-last training, generation without fresh buffers",
-    "The output projection of a few rows"; `experiments/projection_kernels.py` times both on any CPU)."""
-    return x.device.type == "cpu" and x.size(0) <= 8
+def projection_form(x: Tensor) -> str:
+    """How to compute the output projection of these rows (N, D) without autograd: `x @ W^T` ("straight"),
+    `(W @ x^T)^T` ("flipped") or oneDNN's linear ("onednn"): the same float32 products, summed in other orders.
+
+    On CPU MKL's GEMM with the 59k-row weight is slow for few rows: flipped is 1.25x (Xeon) to 1.8x (AMD EPYC, copy
+    included) faster for 2-8 rows; from 12 rows on the transposed copy cost more than it saved on the Xeon. oneDNN's
+    linear (`torch.ops.mkldnn._linear_pointwise`, the kernel `torch.compile` emits for CPU linears) is 2.3x faster
+    for one row and 1.5-2x for 12-80 rows (beam 5 of a batch of 8: 40) on the AMD EPYC. (`experiments/README.md`:
+    "Channels-last training, generation without fresh buffers", "The output projection of a few rows";
+    `experiments/projection_kernels.py` times the three forms on any CPU.)"""
+    if x.device.type != "cpu":
+        return "straight"
+    rows = x.size(0)
+    if 2 <= rows <= 8:
+        return "flipped"
+    if x.dtype == torch.float32 and rows <= 100 and ONEDNN_LINEAR and not torch.is_autocast_enabled("cpu"):
+        return "onednn"
+    return "straight"
+
+
+ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")

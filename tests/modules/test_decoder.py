@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ofa.modules.decoder import DecoderCache
+from ofa.modules.decoder import ONEDNN_LINEAR, DecoderCache, projection_form
 
 
 @pytest.fixture(scope="module")
@@ -107,20 +107,31 @@ def test_argument_checks(setup):
             dec(tokens[:, :3], enc, cache=cache)
 
 
-def test_fast_projection_equals_the_linear_layer(setup):
+@pytest.mark.parametrize(("rows", "form"), [(1, "onednn"), (4, "flipped"), (12, "onednn"), (130, "straight")])
+def test_every_projection_form_equals_the_linear_layer(setup, rows, form):
     dec, _, _ = setup
-    x = torch.randn(4, 1, 32)
+    x = torch.randn(rows, 1, 32)
+    if form == "onednn" and not ONEDNN_LINEAR:
+        pytest.skip("this torch build has no oneDNN linear")
     with torch.no_grad():
-        fast = dec.project(x)  # CPU, few rows, no autograd: (W @ x^T)^T
-    assert fast.shape == (4, 1, dec.output_projection.weight.size(0))
+        assert projection_form(x[:, 0]) == form
+        fast = dec.project(x)  # CPU, no autograd
+    assert fast.shape == (rows, 1, dec.output_projection.weight.size(0))
     assert torch.allclose(fast, dec.output_projection(x).detach(), atol=1e-6)
 
 
-@pytest.mark.parametrize("beams", [1, 3])  # 4 rows (flipped product, <= 8) and 12 rows (x @ W^T)
+def test_no_onednn_projection_under_autocast():
+    x = torch.randn(12, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert projection_form(x) == "straight"
+    assert projection_form(x.bfloat16()) == "straight"
+
+
+@pytest.mark.parametrize("beams", [1, 3, 33])  # 4 rows (flipped), 12 (oneDNN linear), 132 (x @ W^T)
 @torch.no_grad()
 def test_reused_logits_of_a_cached_step_equal_the_full_pass(setup, beams):
     """Cached steps with `reuse_logits` (the generator's) write the last position's logits into one buffer of the
-    cache, through `(W @ x^T)^T` for a few rows and `x @ W^T` for more: both equal the uncached logits."""
+    cache, in each of the forms `projection_form` picks: all equal the uncached logits."""
     dec, enc, batch = setup
     tokens = batch["prev_output_tokens"][:, :4].repeat_interleave(beams, 0)  # (4 * beams, 4): beams share a row
     cache = DecoderCache(len(dec.layers), reuse_logits=True)
