@@ -6,7 +6,9 @@ scene and the size of the object the answer depends on.
 
 Per object of each scene: "what shape is the <colour> object?" and "what color is the <shape>?" (where the phrase
 names one object: a lookup), "is there a <its name>?" (yes), "is there a <its colour> <other shape>?" and "is there a
-<other colour> <its shape>?" (no, where absent: a check); per shape, "how many <shape>s are there?". A model that
+<other colour> <its shape>?" (no, where absent: a check); per scene, "is there a <colour> <shape>?" with neither the
+colour nor the shape in the scene (no, where three shapes leave one out); per shape, "how many <shape>s are there?". A
+model that checks even one of the two words answers the last "no" more often than the checks; a model that
 checks the question against the image answers the checks alike for one, two and three objects; one that answers
 from the scene's statistics does not (the second table: how often it says "yes" to "is there ...?" by object count,
 where the truth is 50%). The third: which object a lookup about a small object answers for, where the scene's large
@@ -27,8 +29,9 @@ from ofa.datamodules import synthetic_world as world
 
 @dataclass
 class Item:
-    kind: str  # shape | colour | exists yes | exists no, same colour | exists no, same shape | count shape
-    detail: str  # the size of the object asked about ("small" / "large"), or "k=<true count>" for counting
+    kind: str  # shape | colour | exists yes | exists no, same colour | exists no, same shape | exists no, neither
+    #           | count shape
+    detail: str  # the size of the object asked about ("small" / "large"), "k=<true count>" for counting, "-" else
     objects: int  # objects in the scene
     scene: tuple[str, ...]  # the names of its objects ("red circle", ...), the large one first
     image: Image.Image
@@ -59,6 +62,11 @@ def probe_items(rng: random.Random, scenes: int, side: int = 256) -> list[Item]:
                 add("exists no, same colour", o.size, f"is there {world.a(rng.choice(same_colour))}?", "no")
             if same_shape:
                 add("exists no, same shape", o.size, f"is there {world.a(rng.choice(same_shape))}?", "no")
+        colours = [c for c in world.COLORS if all(o.color != c for o in objs)]
+        shapes = [s for s in world.SHAPES if all(o.shape != s for o in objs)]
+        if shapes:  # chosen by position, not drawn: the other items stay those of earlier runs with the same seed
+            name = f"{colours[len(items) % len(colours)]} {shapes[len(items) % len(shapes)]}"
+            add("exists no, neither", "-", f"is there {world.a(name)}?", "no")
         for shape in world.SHAPES:
             k = sum(o.shape == shape for o in objs)
             add("count shape", f"k={k}", f"how many {shape}s are there?", str(k))

@@ -14,7 +14,7 @@ import task_breakdown  # noqa: E402
 from ofa.datamodules import synthetic_world as world
 
 TYPE_OF_KIND = {"shape": "shape", "colour": "colour", "exists yes": "exists", "exists no, same colour": "exists",
-                "exists no, same shape": "exists", "count shape": "count shape"}
+                "exists no, same shape": "exists", "exists no, neither": "exists", "count shape": "count shape"}
 
 
 def named(question: str, pattern: str) -> str:
@@ -47,6 +47,8 @@ def test_questions_are_the_worlds_types_and_true_of_their_scenes() -> None:
                 assert colour in colours
             if item.kind == "exists no, same shape":
                 assert shape in shapes
+            if item.kind == "exists no, neither":
+                assert colour not in colours and shape not in shapes and item.detail == "-"
 
 
 def rows(table: str) -> dict[str, list[str]]:
