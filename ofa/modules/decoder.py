@@ -271,9 +271,10 @@ def projection_form(x: Tensor) -> str:
 
     On CPU MKL's GEMM with the 59k-row weight is slow for few rows: flipped is 1.25x (Xeon) to 1.8x (AMD EPYC, copy
     included) faster for 2-8 rows; from 12 rows on the transposed copy cost more than it saved on the Xeon. oneDNN's
-    linear (`torch.ops.mkldnn._linear_pointwise`, the kernel `torch.compile` emits for CPU linears) is 2.3x faster
-    for one row and 1.5-2x for 12-80 rows (beam 5 of a batch of 8: 40) on the AMD EPYC. (`experiments/README.md`:
-    "Channels-last training, generation without fresh buffers", "The output projection of a few rows";
+    linear (`torch.ops.mkldnn._linear_pointwise`, an op of PyTorch's oneDNN integration, where the build has it) is
+    2.3x faster for one row and 1.5-2x for 12-80 rows (beam 5 of a batch of 8: 40) on the AMD EPYC.
+    (`experiments/README.md`: "Channels-last training, generation without fresh buffers", "The output projection of a
+    few rows", "oneDNN's linear for the output projection";
     `experiments/projection_kernels.py` times the three forms on any CPU.)"""
     if x.device.type != "cpu":
         return "straight"
