@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ofa.modules.decoder import ONEDNN_LINEAR, projection_form
+from ofa.modules.decoder import ONEDNN_LINEAR, onednn_linear, projection_form
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import timed  # noqa: E402  (one warm-up call, then the timed calls)
@@ -51,13 +51,14 @@ def main(argv: list[str] | None = None) -> None:
             return out.copy_(flipped.t())
 
         def onednn() -> torch.Tensor:
-            return out.copy_(torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], ""))
+            return out.copy_(onednn_linear(x, weight))
 
         forms = [straight, flip] + ([onednn] if ONEDNN_LINEAR else [])
         exact = x.double() @ weight.double().t()
         errors = [f"{(fn().double() - exact).abs().max().item():.1e}" for fn in forms]
         times = [f"{median_ms(fn, args.reps):.2f}" for fn in forms] + ["-"] * (3 - len(forms))
         print(f"| {rows} | {' | '.join(times)} | {projection_form(x)} | {' / '.join(errors)} |")
+
 
 if __name__ == "__main__":
     main()

@@ -239,30 +239,35 @@ class OFADecoder(nn.Module):
         if not cache.reuse_logits or torch.is_grad_enabled() or torch.compiler.is_compiling() \
                 or torch.is_autocast_enabled(x.device.type) or x.dtype != weight.dtype:
             return self.project(x[:, None])
-        rows, vocab = x.size(0), weight.size(0)
-        out = cache.work.get("logits", (rows, 1, vocab), x.dtype, x.device)  # (R, 1, V)
-        form = projection_form(x)
-        if form == "flipped":
-            flipped = cache.work.get("logits_t", (vocab, rows), x.dtype, x.device)  # (V, R)
-            torch.mm(weight, x.t(), out=flipped)
-            out.view(rows, vocab).copy_(flipped.t())
-        elif form == "onednn":
-            out.view(rows, vocab).copy_(torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], ""))
-        else:
-            torch.mm(x, weight.t(), out=out.view(rows, vocab))
+        out = cache.work.get("logits", (x.size(0), 1, weight.size(0)), x.dtype, x.device)  # (R, 1, V)
+        project_rows(x, weight, out=out.view(x.size(0), -1), work=cache.work)
         return out
 
     def project(self, x: Tensor) -> Tensor:
         """Output projection (R, n, D) -> logits (R, n, V); without autograd in the form `projection_form` picks."""
+        if torch.is_grad_enabled():
+            return self.output_projection(x)
         r, n, d = x.shape
-        flat = x.reshape(r * n, d)
-        form = "autograd" if torch.is_grad_enabled() else projection_form(flat)
-        weight = self.output_projection.weight
-        if form == "flipped":
-            return torch.mm(weight, flat.t()).t().contiguous().view(r, n, -1)  # (V, R*n) -> (R, n, V)
-        if form == "onednn":
-            return torch.ops.mkldnn._linear_pointwise(flat, weight, None, "none", [], "").view(r, n, -1)
-        return self.output_projection(x)
+        return project_rows(x.reshape(r * n, d), self.output_projection.weight).view(r, n, -1)
+
+
+def project_rows(x: Tensor, weight: Tensor, out: Tensor | None = None, work: Workspace | None = None) -> Tensor:
+    """x (N, D) @ weight (V, D)^T -> logits (N, V) without autograd, in the form `projection_form` picks; into `out`
+    (N, V) when given, with the flipped form's (V, N) product in `work`'s buffer "logits_t" when given."""
+    form = projection_form(x)
+    if form == "flipped":
+        buf = None if work is None else work.get("logits_t", (weight.size(0), x.size(0)), x.dtype, x.device)
+        flipped = torch.mm(weight, x.t(), out=buf)  # (V, N)
+        return flipped.t().contiguous() if out is None else out.copy_(flipped.t())
+    if form == "onednn":
+        logits = onednn_linear(x, weight)
+        return logits if out is None else out.copy_(logits)
+    return torch.mm(x, weight.t(), out=out)
+
+
+def onednn_linear(x: Tensor, weight: Tensor) -> Tensor:
+    """x (N, D) @ weight (V, D)^T by oneDNN's linear (CPU, float32; only where `ONEDNN_LINEAR`)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
 
 
 def projection_form(x: Tensor) -> str:
