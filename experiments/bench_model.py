@@ -1,4 +1,4 @@
-"""CPU throughput of the OFA model core: training step, beam-5 and greedy generation.
+"""CPU throughput of the OFA model core: training step, beam-5 and greedy generation (and the image encoder).
 
 Question: how fast is `ofa_tiny` on a small CPU box (2 threads), and how much memory does it take?
 Default setting (the issue's): batch 8, 256x256 images, source 32 tokens, target 20 (teacher forcing),
@@ -10,6 +10,7 @@ and forced at step 21, so every call runs 21 decoder steps; the bench checks the
     .venv/bin/python experiments/bench_model.py --phases train  # one phase
     .venv/bin/python experiments/bench_model.py --phases train --compile inductor  # torch.compile (warm-up: compiling)
     .venv/bin/python experiments/bench_model.py --phases greedy beam5 --compile inductor  # compiled decoder step
+    .venv/bin/python experiments/bench_model.py --phases images --steps 7  # the inference ResNet alone
 
 The train phase is the paired bench's (../shared/bench_reference/bench_side.py): forward, cross-entropy over
 the vocabulary, backward and a `torch.optim.AdamW(model.parameters(), lr=1e-4)` step (PyTorch's default, on
@@ -123,7 +124,17 @@ def generate_step(model: OFAModel, batch: dict, beam: int, new_tokens: int):
     return step
 
 
-PHASES = ("train", "beam5", "greedy")
+def images_step(model: OFAModel, batch: dict):
+    """The image path of generation and evaluation alone: the inference ResNet (no autograd, eval mode)."""
+    resnet = model.encoder.embed_images
+
+    @torch.no_grad()
+    def step() -> None:
+        resnet(batch["patch_images"])
+    return step
+
+
+PHASES = ("train", "beam5", "greedy", "images")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -165,10 +176,11 @@ def main(argv: list[str] | None = None) -> dict:
             model.compile_decoding(backend=args.compile)  # dynamic shapes; the warm-up call compiles each shape
     makers = {"train": lambda: train_step(model.train(), batch, args.optim, args.precision, args.layout),
               "beam5": lambda: generate_step(model.eval(), batch, 5, args.tgt_len),
-              "greedy": lambda: generate_step(model.eval(), batch, 1, args.tgt_len)}
+              "greedy": lambda: generate_step(model.eval(), batch, 1, args.tgt_len),
+              "images": lambda: images_step(model.eval(), batch)}
     load_before = os.getloadavg()
     results = {}
-    for name in sorted(args.phases, key=("beam5", "greedy", "train").index):  # the big training peak last
+    for name in sorted(args.phases, key=("images", "beam5", "greedy", "train").index):  # the big training peak last
         times, peak, warmup = timed(makers[name](), args.steps)
         secs = statistics.median(times)
         results[name] = {"samples_per_s": args.batch / secs, "s_per_batch": secs, "min_s_per_batch": min(times),
@@ -182,7 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def print_table(args: argparse.Namespace, results: dict, load: dict) -> None:
-    names = {"train": "train step (fwd+bwd)", "beam5": "beam-5 generation", "greedy": "greedy generation"}
+    names = {"train": "train step (fwd+bwd)", "beam5": "beam-5 generation", "greedy": "greedy generation",
+             "images": "inference ResNet"}
     print(f"\n{args.preset}, {args.threads} threads, batch {args.batch}, {args.image_size}px, src {args.src_len}, "
           f"tgt {args.tgt_len}, generating exactly {args.tgt_len} tokens + </s>, {args.steps} timed steps, "
           f"malloc {args.malloc}, optim {args.optim}, train {args.precision} {args.layout}, compile {args.compile}, "

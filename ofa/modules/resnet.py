@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from ofa.modules.workspace import Workspace
 
 
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
@@ -45,19 +49,28 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
 
 
 def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool = False,
-            residual: Tensor | None = None) -> Tensor:
+            residual: Tensor | None = None, out: Tensor | None = None) -> Tensor:
     """`bn(conv(x)) (+ residual) (.relu())` with running statistics, as one convolution (scaled weights,
     shifted bias).
 
     On the CPU with oneDNN, the ReLU and the residual add run inside the convolution (oneDNN post-ops, the
     kernels `torch.compile` uses for CPU inference) instead of as separate passes over the activations:
-    ~10% of the inference ResNet's time for ofa_tiny at 256 px (experiments/README.md, issue 12).
+    ~10% of the inference ResNet's time for ofa_tiny at 256 px (experiments/README.md, issue 12). There,
+    `out` (a buffer of the output's shape and layout; may be `residual` itself) receives the result in place
+    of a fresh tensor; elsewhere it is ignored.
     """
     scale = bn.weight * (bn.running_var + bn.eps).rsqrt()  # (C,)
     weight, bias = conv.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
     if _fused_cpu_conv(x):
         args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
         unary = "relu" if relu else "none"
+        if out is not None:  # out = conv(x) + (residual or 0), in place: oneDNN's sum into the destination
+            if residual is None:
+                out.zero_()
+            elif residual is not out:
+                out.copy_(residual)
+            return torch.ops.mkldnn._convolution_pointwise_.binary(out, x, weight, bias, *args, "add", None,
+                                                                    "relu" if relu else None, [None], "")
         if residual is None:
             return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, unary, [None], "")
         return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, *args, "add", None,
@@ -75,6 +88,37 @@ def _fused_cpu_conv(x: Tensor) -> bool:
 
 
 FUSED_CONV = hasattr(torch.ops.mkldnn, "_convolution_pointwise")  # tests switch it off to compare
+REUSE_BUFFERS = True  # CPU inference writes into ConvBuffers (tests switch it off to compare)
+
+_THREAD = threading.local()  # each thread its own buffers: concurrent inference calls never share one
+
+
+class ConvBuffers:
+    """Where the CPU inference ResNet's convolutions write: this thread's reused buffers, not fresh tensors.
+
+    A fresh activation tensor of tens of megabytes (ofa_tiny, 8 images of 256 px: up to 33.5 MB) is mmap'd by
+    glibc and page-faulted in on every call, which doubled the time of the convolutions that write one (a 1x1
+    convolution to 256 channels at 64x64: 32 ms fresh, 16 ms into a reused buffer). Buffers are channels-last
+    views of this thread's `Workspace`, grown to the largest call and kept (`release_inference_buffers`).
+    """
+
+    def __init__(self) -> None:
+        workspace = getattr(_THREAD, "workspace", None)
+        self.workspace = workspace if workspace is not None else Workspace()
+        _THREAD.workspace = self.workspace
+
+    def take(self, name: str, conv: nn.Conv2d, x: Tensor) -> Tensor:
+        """The (B, C_out, H_out, W_out) channels-last buffer `name` for `conv(x)` (stale contents)."""
+        (b, _, h, w), (kh, kw), (sh, sw), (ph, pw) = x.shape, conv.kernel_size, conv.stride, conv.padding
+        dh, dw = conv.dilation
+        shape = (b, (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1,
+                 conv.out_channels)  # (B, H, W, C)
+        return self.workspace.get(name, shape, x.dtype, x.device).permute(0, 3, 1, 2)
+
+
+def release_inference_buffers() -> None:
+    """Free this thread's inference ResNet buffers (they are kept for the next call otherwise)."""
+    _THREAD.workspace = None
 
 
 class Bottleneck(nn.Module):
@@ -103,12 +147,25 @@ class Bottleneck(nn.Module):
         out += identity  # in place: batch norm's backward needs its input, not its output
         return self.relu(out)
 
-    def forward_inference(self, x: Tensor) -> Tensor:
-        """`forward` without autograd, batch norm on running statistics folded into the convolutions."""
-        identity = x if self.downsample is None else conv_bn(self.downsample[0], self.downsample[1], x)
-        out = conv_bn(self.conv1, self.bn1, x, relu=True)
-        out = conv_bn(self.conv2, self.bn2, out, relu=True)
-        return conv_bn(self.conv3, self.bn3, out, relu=True, residual=identity)
+    def forward_inference(self, x: Tensor, buffers: ConvBuffers | None = None, identity_buffer: str = "",
+                          last: bool = False) -> Tensor:
+        """`forward` without autograd, batch norm on running statistics folded into the convolutions.
+
+        With `buffers`, the convolutions write into them and the residual sum lands in the identity in place:
+        in `x` itself without a downsample (so `x` must be a buffer, the previous block's output), else in
+        buffer `identity_buffer`; `last` returns a fresh tensor, never a buffer the next call reuses.
+        """
+        def into(name: str, conv: nn.Conv2d, inp: Tensor) -> Tensor | None:
+            return buffers.take(name, conv, inp) if buffers is not None else None
+
+        identity = x
+        if self.downsample is not None:
+            conv, bn = self.downsample
+            identity = conv_bn(conv, bn, x, out=into(identity_buffer, conv, x))
+        out = conv_bn(self.conv1, self.bn1, x, relu=True, out=into("conv1", self.conv1, x))
+        out = conv_bn(self.conv2, self.bn2, out, relu=True, out=into("conv2", self.conv2, out))
+        in_place = buffers is not None and not last
+        return conv_bn(self.conv3, self.bn3, out, relu=True, residual=identity, out=identity if in_place else None)
 
 
 class ResNet(nn.Module):
@@ -117,7 +174,8 @@ class ResNet(nn.Module):
     On CPU the activations are channels-last (oneDNN's native layout: no reorder around each convolution),
     with autograd too: the training step of ofa_tiny at 256 px is ~1.2x faster (experiments/README.md,
     "Channels-last training, generation without fresh buffers"). Without autograd and with running
-    statistics, `forward_inference` runs (batch norm folded into the convolutions as well: ~1.4x). The
+    statistics, `forward_inference` runs (batch norm folded into the convolutions as well: ~1.4x; on CPU the
+    convolutions write into reused buffers, `ConvBuffers`, instead of fresh tensors: ~1.2x more). The
     parameters keep the default layout, so state dicts and checkpoints are unchanged; the output is a
     channels-last tensor. `channels_last = False` gives the contiguous layout (the reference's summation
     order).
@@ -176,9 +234,16 @@ class ResNet(nn.Module):
 
         Channels-last is oneDNN's native CPU layout: no reorder around every convolution.
         """
+        buffers = None
         if x.device.type == "cpu" and self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.maxpool(conv_bn(self.conv1, self.bn1, x, relu=True))  # (B, 64, H/4, W/4)
-        for block in (*self.layer1, *self.layer2, *self.layer3):
-            x = block.forward_inference(x)
+            buffers = ConvBuffers() if _fused_cpu_conv(x) and REUSE_BUFFERS else None
+        stem = buffers.take("stem", self.conv1, x) if buffers is not None else None
+        x = self.maxpool(conv_bn(self.conv1, self.bn1, x, relu=True, out=stem))  # (B, 64, H/4, W/4)
+        layers = (self.layer1, self.layer2, self.layer3)
+        for i, layer in enumerate(layers):
+            for j, block in enumerate(layer):
+                # a layer's downsample reads the previous layer's identity buffer: two, in turn
+                x = block.forward_inference(x, buffers, identity_buffer=f"identity{i % 2}",
+                                            last=i == len(layers) - 1 and j == len(layer) - 1)
         return x  # (B, 1024, H/16, W/16)

@@ -64,6 +64,67 @@ def test_fused_inference_convolutions_equal_the_plain_ones(resnet, monkeypatch):
     assert torch.allclose(fused, plain, rtol=1e-5, atol=1e-5 * plain.abs().max().item())
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN's fused convolutions")
+def test_inference_buffers_give_the_fresh_results_are_reused_and_never_returned(monkeypatch):
+    """CPU inference writes its activations into this thread's reused buffers: bit for bit the results of
+    fresh tensors; the same storage on the next call of that shape (and a view of it for a smaller call); the
+    returned features are a fresh tensor that the next call does not overwrite."""
+    torch.manual_seed(0)
+    net = ResNet([2, 1, 2]).eval()  # blocks without a downsample: their residual sum lands in x in place
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    x, small = torch.randn(3, 3, 64, 48), torch.randn(2, 3, 32, 48)
+    resnet_module.release_inference_buffers()
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        first = net(x)
+    assert any(e.name == "mkldnn::_convolution_pointwise_" for e in prof.events())  # the in-place variant
+    workspace = resnet_module._THREAD.workspace
+    storage = {k: b.data_ptr() for k, b in workspace.buffers.items()}
+    assert {"stem", "conv1", "conv2", "identity0", "identity1"} <= set(storage)
+    kept = first.clone()
+    with torch.no_grad():
+        again, smaller = net(x), net(small)
+    assert resnet_module._THREAD.workspace is workspace
+    assert {k: b.data_ptr() for k, b in workspace.buffers.items()} == storage  # reused, not grown
+    assert torch.equal(first, kept)  # the first result survived two more calls
+    assert all(first.untyped_storage().data_ptr() != p for p in storage.values())
+    monkeypatch.setattr(resnet_module, "REUSE_BUFFERS", False)
+    with torch.no_grad():
+        fresh, fresh_small = net(x), net(small)
+    assert torch.equal(again, fresh) and torch.equal(first, fresh) and torch.equal(smaller, fresh_small)
+    resnet_module.release_inference_buffers()
+    assert resnet_module._THREAD.workspace is None
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN's fused convolutions")
+def test_inference_buffers_are_per_thread(resnet):
+    """Concurrent inference calls (a demo serving requests from a thread pool) each use their own buffers."""
+    import threading
+
+    torch.manual_seed(2)
+    inputs = [torch.randn(2, 3, 64, 64) for _ in range(4)]
+    with torch.no_grad():
+        expected = [resnet(x) for x in inputs]
+    results, workspaces = [None] * 4, [None] * 4
+
+    def run(i: int) -> None:
+        with torch.no_grad():
+            for _ in range(3):
+                results[i] = resnet(inputs[i])
+        workspaces[i] = resnet_module._THREAD.workspace  # kept alive: distinct ids
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(r, e) for r, e in zip(results, expected))
+    assert None not in workspaces and len({id(w) for w in workspaces}) == 4
+
+
 def test_samples_are_independent_in_eval(resnet):
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
