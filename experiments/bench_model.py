@@ -17,6 +17,9 @@ the vocabulary, backward and a `torch.optim.AdamW(model.parameters(), lr=1e-4)` 
 the CPU a per-tensor loop); `--optim fused` steps the fused kernel instead, as `ofa-train` does on the CPU
 (`ofa.utils.optim.adamw_kernel`).
 
+`ofa` is imported as installed (the checkout the venv was installed from): to time another checkout, e.g. a
+`git worktree` of an earlier commit, run it with `PYTHONPATH=<that checkout>`.
+
 Times are medians over the timed calls (a busy machine gives outliers; the minimum is printed too).
 Peak memory is the process's resident-set high-water mark per phase (reset through
 /proc/self/clear_refs where Linux allows it; otherwise the high-water mark since start); the phases run

@@ -237,7 +237,9 @@ class ResNet(nn.Module):
         buffers = None
         if x.device.type == "cpu" and self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-            buffers = ConvBuffers() if _fused_cpu_conv(x) and REUSE_BUFFERS else None
+            # (not under torch.compile: the compiler plans its own memory)
+            reuse = REUSE_BUFFERS and _fused_cpu_conv(x) and not torch.compiler.is_compiling()
+            buffers = ConvBuffers() if reuse else None
         stem = buffers.take("stem", self.conv1, x) if buffers is not None else None
         x = self.maxpool(conv_bn(self.conv1, self.bn1, x, relu=True, out=stem))  # (B, 64, H/4, W/4)
         layers = (self.layer1, self.layer2, self.layer3)
