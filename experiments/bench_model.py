@@ -11,6 +11,7 @@ and forced at step 21, so every call runs 21 decoder steps; the bench checks the
     .venv/bin/python experiments/bench_model.py --phases train --compile inductor  # torch.compile (warm-up: compiling)
     .venv/bin/python experiments/bench_model.py --phases greedy beam5 --compile inductor  # compiled decoder step
     .venv/bin/python experiments/bench_model.py --phases images --steps 7  # the inference ResNet alone
+    .venv/bin/python experiments/bench_model.py --phases images --profile 20  # + its costliest operators
 
 The train phase is the paired bench's (../shared/bench_reference/bench_side.py): forward, cross-entropy over
 the vocabulary, backward and a `torch.optim.AdamW(model.parameters(), lr=1e-4)` step (PyTorch's default, on
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compile", choices=("none", "inductor", "aot_eager"), default="none",
                    help="torch.compile: the train phase's model forward (module.compile.enabled=true in ofa-train), "
                         "the generation phases' cached decoder step (module.compile.generation=true)")
+    p.add_argument("--profile", type=int, default=0,
+                   help="then print the N operators (by input shapes) with the most self CPU time in one more call")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
 
@@ -184,7 +187,10 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = os.getloadavg()
     results = {}
     for name in sorted(args.phases, key=("images", "beam5", "greedy", "train").index):  # the big training peak last
-        times, peak, warmup = timed(makers[name](), args.steps)
+        step = makers[name]()
+        times, peak, warmup = timed(step, args.steps)
+        if args.profile:
+            print_profile(name, step, args.profile)
         secs = statistics.median(times)
         results[name] = {"samples_per_s": args.batch / secs, "s_per_batch": secs, "min_s_per_batch": min(times),
                          "peak_rss_mb": peak, "warmup_s": warmup}
@@ -194,6 +200,17 @@ def main(argv: list[str] | None = None) -> dict:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "load": load,
                                          "torch": torch.__version__, "results": results}, indent=1))
     return results
+
+
+def print_profile(name: str, step, rows: int) -> None:
+    """`torch.profiler` of one more call: the operators, grouped by input shapes, by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    print(f"\n{name}: one call, top {rows} operators by self CPU time")
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows,
+                                                             max_name_column_width=40, max_shapes_column_width=80))
 
 
 def print_table(args: argparse.Namespace, results: dict, load: dict) -> None:
