@@ -102,18 +102,23 @@ def test_importing_ofa_turns_on_huge_pages_for_big_cpu_tensors_unless_the_enviro
     assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages are Linux's")
-def test_a_big_fresh_cpu_tensor_is_faulted_in_by_huge_pages():
-    """This process imported ofa before its first CPU tensor, so PyTorch backs blocks of 2 MB and more with
-    huge pages where the kernel allows them: a fresh 32 MiB tensor costs a few dozen page faults, not 8192."""
-    import resource
-    from pathlib import Path
+PAGE_ALIGNED = """
+import os, sys
+os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
+import torch
+import ofa.modules.config  # before the first CPU tensor, as in the paired bench's side script
+print(torch.empty(8 << 20).data_ptr() % 4096)
+"""
 
-    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    if not thp.exists() or "[never]" in thp.read_text() or os.environ["THP_MEM_ALLOC_ENABLE"] == "0":
-        pytest.skip("transparent huge pages are off on this machine or in this environment")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(4):
-        torch.empty(8 * 2**20).fill_(1.0)  # 32 MiB, freed at once: glibc unmaps it, the next one is fresh
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4
-    assert faults < 8192 / 4, f"{faults:.0f} page faults per fresh 32 MiB tensor: no huge pages"
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages are Linux's")
+def test_a_process_that_imports_ofa_allocates_big_cpu_tensors_on_pytorchs_huge_page_path():
+    """PyTorch's THP path aligns blocks of 2 MB and more to the page and madvise(MADV_HUGEPAGE)s them (64-byte
+    alignment otherwise): the signature that importing ofa switched it on in a fresh process. Whether the kernel
+    then finds free huge pages depends on the machine (the page-fault counts in experiments/README.md, "Fewer page
+    faults"), so it is not asserted here."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", PAGE_ALIGNED], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "0", out.stdout  # without the switch: 64 bytes past a page boundary
