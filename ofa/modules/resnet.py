@@ -69,8 +69,9 @@ def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool = False,
                 out.zero_()
             elif residual is not out:
                 out.copy_(residual)
+            after_sum = "relu" if relu else None  # (the in-place op takes None where the others take "none")
             return torch.ops.mkldnn._convolution_pointwise_.binary(out, x, weight, bias, *args, "add", None,
-                                                                    "relu" if relu else None, [None], "")
+                                                                    after_sum, [None], "")
         if residual is None:
             return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, unary, [None], "")
         return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, *args, "add", None,
@@ -103,9 +104,9 @@ class ConvBuffers:
     """
 
     def __init__(self) -> None:
-        workspace = getattr(_THREAD, "workspace", None)
-        self.workspace = workspace if workspace is not None else Workspace()
-        _THREAD.workspace = self.workspace
+        if getattr(_THREAD, "workspace", None) is None:
+            _THREAD.workspace = Workspace()
+        self.workspace = _THREAD.workspace
 
     def take(self, name: str, conv: nn.Conv2d, x: Tensor) -> Tensor:
         """The (B, C_out, H_out, W_out) channels-last buffer `name` for `conv(x)` (stale contents)."""
