@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ofa.modules.attention import fold_rows, key_padding_bias, split_heads
 from ofa.modules.config import OFAConfig
@@ -259,36 +260,61 @@ def project_rows(x: Tensor, weight: Tensor, out: Tensor | None = None, work: Wor
         buf = None if work is None else work.get("logits_t", (weight.size(0), x.size(0)), x.dtype, x.device)
         flipped = torch.mm(weight, x.t(), out=buf)  # (V, N)
         return flipped.t().contiguous() if out is None else out.copy_(flipped.t())
-    if form == "onednn":
-        logits = onednn_linear(x, weight)
+    if form in ("onednn", "packed"):
+        logits = onednn_linear(x, packed_weight(weight) if form == "packed" else weight)
         return logits if out is None else out.copy_(logits)
     return torch.mm(x, weight.t(), out=out)
 
 
 def onednn_linear(x: Tensor, weight: Tensor) -> Tensor:
-    """x (N, D) @ weight (V, D)^T by oneDNN's linear (CPU, float32; only where `ONEDNN_LINEAR`)."""
+    """x (N, D) @ weight (V, D)^T by oneDNN's linear (CPU, float32; only where `ONEDNN_LINEAR`); `weight` may be
+    the plain tensor or its `packed_weight`."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+
+
+_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> ((data_ptr, version), oneDNN's blocked copy)
+PACK_ROWS = 64  # the row count oneDNN picks the blocked layout for; the copy serves any number of rows
+
+
+def packed_weight(weight: Tensor) -> Tensor:
+    """oneDNN's blocked copy of `weight` (V, D) for its linear: made on the first call and again after the weight
+    changes (its storage or its version counter, which every in-place update bumps: an optimizer step, a loaded
+    state dict), kept while the weight lives. Without it oneDNN converts the plain weight on every call: the
+    59457 x 256 output projection of 8 rows took 9.0 ms packed against 14.5 ms plain (experiments/README.md,
+    "A packed copy of the output projection's weight"). Costs one more tensor of the weight's size."""
+    key = (weight.data_ptr(), weight._version)
+    entry = _PACKED.get(weight)
+    if entry is None or entry[0] != key:
+        entry = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS))
+        _PACKED[weight] = entry
+    return entry[1]
 
 
 def projection_form(x: Tensor) -> str:
     """How to compute the output projection of these rows (N, D) without autograd: `x @ W^T` ("straight"),
-    `(W @ x^T)^T` ("flipped") or oneDNN's linear ("onednn"): the same float32 products, summed in other orders.
+    `(W @ x^T)^T` ("flipped"), oneDNN's linear ("onednn") or oneDNN's linear with its blocked copy of the weight
+    ("packed"): the same float32 products, summed in other orders.
 
     On CPU MKL's GEMM with the 59k-row weight is slow for few rows: flipped is 1.25x (Xeon) to 1.8x (AMD EPYC, copy
-    included) faster for 2-8 rows; from 12 rows on the transposed copy cost more than it saved on the Xeon. oneDNN's
-    linear (`torch.ops.mkldnn._linear_pointwise`, an op of PyTorch's oneDNN integration, where the build has it) is
-    2.3x faster for one row and 1.5-2x for 12-80 rows (beam 5 of a batch of 8: 40) on the AMD EPYC.
-    (`experiments/README.md`: "Channels-last training, generation without fresh buffers", "The output projection of a
-    few rows", "oneDNN's linear for the output projection";
-    `experiments/projection_kernels.py` times the three forms on any CPU.)"""
+    included) faster for 2-8 rows. oneDNN's linear (`torch.ops.mkldnn._linear_pointwise`, an op of PyTorch's oneDNN
+    integration, where the build has it) is 2.3x faster than `x @ W^T` for one row; with the weight packed once
+    (`packed_weight`) it is 1.2-1.7x faster than the best other form for 8 rows and 1.1-1.4x for 40 (beam 5 of a
+    batch of 8) at d_model 128-1024, and about even for one row, which keeps the plain weight (no extra copy for
+    single-image decoding). (`experiments/README.md`: "The output projection of a few rows", "oneDNN's linear for the
+    output projection", "A packed copy of the output projection's weight"; `experiments/projection_kernels.py` times
+    the forms on any CPU.)"""
     if x.device.type != "cpu":
         return "straight"
     rows = x.size(0)
+    onednn = x.dtype == torch.float32 and ONEDNN_LINEAR and not torch.is_autocast_enabled("cpu")
+    if onednn and rows == 1:
+        return "onednn"
+    if onednn and rows <= 100 and PACKED_LINEAR and not torch.compiler.is_compiling():
+        return "packed"
     if 2 <= rows <= 8:
         return "flipped"
-    if x.dtype == torch.float32 and rows <= 100 and ONEDNN_LINEAR and not torch.is_autocast_enabled("cpu"):
-        return "onednn"
-    return "straight"
+    return "onednn" if onednn and rows <= 100 else "straight"
 
 
 ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+PACKED_LINEAR = ONEDNN_LINEAR and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ofa.modules.decoder import ONEDNN_LINEAR, DecoderCache, projection_form
+from ofa.modules import decoder as decoder_module
+from ofa.modules.decoder import ONEDNN_LINEAR, PACKED_LINEAR, DecoderCache, packed_weight, projection_form
 
 
 @pytest.fixture(scope="module")
@@ -107,17 +108,41 @@ def test_argument_checks(setup):
             dec(tokens[:, :3], enc, cache=cache)
 
 
-@pytest.mark.parametrize(("rows", "form"), [(1, "onednn"), (4, "flipped"), (12, "onednn"), (130, "straight")])
-def test_every_projection_form_equals_the_linear_layer(setup, rows, form):
+@pytest.mark.parametrize(("rows", "form"), [(1, "onednn"), (4, "packed"), (12, "packed"), (130, "straight"),
+                                             (4, "flipped"), (12, "onednn")])
+def test_every_projection_form_equals_the_linear_layer(setup, rows, form, monkeypatch):
     dec, _, _ = setup
     x = torch.randn(rows, 1, 32)
-    if form == "onednn" and not ONEDNN_LINEAR:
-        pytest.skip("this torch build has no oneDNN linear")
+    if form in ("onednn", "packed") and not (PACKED_LINEAR if form == "packed" else ONEDNN_LINEAR):
+        pytest.skip("this torch build has no oneDNN linear (or no packed weight for it)")
+    if (rows, form) in ((4, "flipped"), (12, "onednn")):  # the forms of a build without packed weights
+        monkeypatch.setattr(decoder_module, "PACKED_LINEAR", False)
     with torch.no_grad():
         assert projection_form(x[:, 0]) == form
         fast = dec.project(x)  # CPU, no autograd
     assert fast.shape == (rows, 1, dec.output_projection.weight.size(0))
     assert torch.allclose(fast, dec.output_projection(x).detach(), atol=1e-6)
+
+
+@pytest.mark.skipif(not PACKED_LINEAR, reason="this torch build has no packed oneDNN linear")
+@torch.no_grad()
+def test_the_packed_weight_is_kept_and_follows_every_update_of_the_weight():
+    """One packed copy per weight, made again after an optimizer step or a loaded state dict (in-place updates),
+    so the logits are always those of the weight as it is now; dropped with the weight."""
+    layer = torch.nn.Linear(32, 300, bias=False)
+    x = torch.randn(6, 32)
+    first = packed_weight(layer.weight)
+    assert packed_weight(layer.weight) is first  # kept between calls
+    with torch.enable_grad():
+        layer(x).square().sum().backward()
+    torch.optim.SGD(layer.parameters(), lr=0.5).step()
+    assert packed_weight(layer.weight) is not first
+    assert torch.allclose(decoder_module.project_rows(x, layer.weight), layer(x), atol=1e-6)
+    layer.load_state_dict({"weight": torch.randn(300, 32)})
+    assert torch.allclose(decoder_module.project_rows(x, layer.weight), layer(x), atol=1e-6)
+    entries = len(decoder_module._PACKED)
+    del layer, first
+    assert len(decoder_module._PACKED) == entries - 1
 
 
 def test_no_onednn_projection_under_autocast():
@@ -127,7 +152,7 @@ def test_no_onednn_projection_under_autocast():
     assert projection_form(x.bfloat16()) == "straight"
 
 
-@pytest.mark.parametrize("beams", [1, 3, 33])  # 4 rows (flipped), 12 (oneDNN linear), 132 (x @ W^T)
+@pytest.mark.parametrize("beams", [1, 3, 33])  # 4 rows, 12 (both the packed oneDNN linear), 132 (x @ W^T)
 @torch.no_grad()
 def test_reused_logits_of_a_cached_step_equal_the_full_pass(setup, beams):
     """Cached steps with `reuse_logits` (the generator's) write the last position's logits into one buffer of the
