@@ -280,7 +280,7 @@ def packed_weight(weight: Tensor) -> Tensor:
     """oneDNN's blocked copy of `weight` (V, D) for its linear: made on the first call and again after the weight
     changes (its storage or its version counter, which every in-place update bumps: an optimizer step, a loaded
     state dict), kept while the weight lives. Without it oneDNN converts the plain weight on every call: the
-    59457 x 256 output projection of 8 rows took 9.0 ms packed against 14.5 ms plain (experiments/README.md,
+    59457 x 256 output projection of 8 rows took 7.8 ms packed against 13.1 ms plain (experiments/README.md,
     "A packed copy of the output projection's weight"). Costs one more tensor of the weight's size."""
     key = (weight.data_ptr(), weight._version)
     entry = _PACKED.get(weight)
@@ -299,8 +299,8 @@ def projection_form(x: Tensor) -> str:
     included) faster for 2-8 rows. oneDNN's linear (`torch.ops.mkldnn._linear_pointwise`, an op of PyTorch's oneDNN
     integration, where the build has it) is 2.3x faster than `x @ W^T` for one row; with the weight packed once
     (`packed_weight`) it is 1.2-1.7x faster than the best other form for 8 rows and 1.1-1.4x for 40 (beam 5 of a
-    batch of 8) at d_model 128-1024, and about even for one row, which keeps the plain weight (no extra copy for
-    single-image decoding). (`experiments/README.md`: "The output projection of a few rows", "oneDNN's linear for the
+    batch of 8) at d_model 128-1024, 1.5-2x faster than `x @ W^T` for 50-1000 rows (an evaluation batch's beams), and
+    about even for one row, which keeps the plain weight (no extra copy for single-image decoding). (`experiments/README.md`: "The output projection of a few rows", "oneDNN's linear for the
     output projection", "A packed copy of the output projection's weight"; `experiments/projection_kernels.py` times
     the forms on any CPU.)"""
     if x.device.type != "cpu":
@@ -309,7 +309,7 @@ def projection_form(x: Tensor) -> str:
     onednn = x.dtype == torch.float32 and ONEDNN_LINEAR and not torch.is_autocast_enabled("cpu")
     if onednn and rows == 1:
         return "onednn"
-    if onednn and rows <= 100 and PACKED_LINEAR and not torch.compiler.is_compiling():
+    if onednn and PACKED_LINEAR and not torch.compiler.is_compiling():
         return "packed"
     if 2 <= rows <= 8:
         return "flipped"
