@@ -281,7 +281,10 @@ def packed_weight(weight: Tensor) -> Tensor:
     changes (its storage or its version counter, which every in-place update bumps: an optimizer step, a loaded
     state dict), kept while the weight lives. Without it oneDNN converts the plain weight on every call: the
     59457 x 256 output projection of 8 rows took 7.8 ms packed against 13.1 ms plain (experiments/README.md,
-    "A packed copy of the output projection's weight"). Costs one more tensor of the weight's size."""
+    "A packed copy of the output projection's weight"). Costs one more tensor of the weight's size. A weight made
+    under `torch.inference_mode` has no version counter: it is used as it is (oneDNN's linear takes either)."""
+    if weight.is_inference():
+        return weight
     key = (weight.data_ptr(), weight._version)
     entry = _PACKED.get(weight)
     if entry is None or entry[0] != key:
@@ -300,9 +303,10 @@ def projection_form(x: Tensor) -> str:
     integration, where the build has it) is 2.3x faster than `x @ W^T` for one row; with the weight packed once
     (`packed_weight`) it is 1.2-1.7x faster than the best other form for 8 rows and 1.1-1.4x for 40 (beam 5 of a
     batch of 8) at d_model 128-1024, 1.5-2x faster than `x @ W^T` for 50-1000 rows (an evaluation batch's beams), and
-    about even for one row, which keeps the plain weight (no extra copy for single-image decoding). (`experiments/README.md`: "The output projection of a few rows", "oneDNN's linear for the
-    output projection", "A packed copy of the output projection's weight"; `experiments/projection_kernels.py` times
-    the forms on any CPU.)"""
+    about even for one row, which keeps the plain weight (no extra copy for single-image decoding).
+    (`experiments/README.md`: "The output projection of a few rows", "oneDNN's linear for the output projection",
+    "A packed copy of the output projection's weight"; `experiments/projection_kernels.py` times the forms on any
+    CPU.)"""
     if x.device.type != "cpu":
         return "straight"
     rows = x.size(0)

@@ -143,6 +143,10 @@ def test_the_packed_weight_is_kept_and_follows_every_update_of_the_weight():
     entries = len(decoder_module._PACKED)
     del layer, first
     assert len(decoder_module._PACKED) == entries - 1
+    with torch.inference_mode():  # a weight without a version counter: used as it is
+        made_here = torch.nn.Linear(32, 300, bias=False)
+        assert packed_weight(made_here.weight) is made_here.weight
+        assert torch.allclose(decoder_module.project_rows(x, made_here.weight), made_here(x), atol=1e-6)
 
 
 def test_no_onednn_projection_under_autocast():
