@@ -128,7 +128,8 @@ def test_every_projection_form_equals_the_linear_layer(setup, rows, form, monkey
 @torch.no_grad()
 def test_the_packed_weight_is_kept_and_follows_every_update_of_the_weight():
     """One packed copy per weight, made again after an optimizer step or a loaded state dict (in-place updates),
-    so the logits are always those of the weight as it is now; dropped with the weight."""
+    so the logits are always those of the weight as it is now; dropped with the weight. A weight made under
+    `torch.inference_mode` (no version counter to follow) is used unpacked."""
     layer = torch.nn.Linear(32, 300, bias=False)
     x = torch.randn(6, 32)
     first = packed_weight(layer.weight)
