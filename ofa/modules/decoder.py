@@ -281,8 +281,10 @@ def packed_weight(weight: Tensor) -> Tensor:
     changes (its storage or its version counter, which every in-place update bumps: an optimizer step, a loaded
     state dict), kept while the weight lives. Without it oneDNN converts the plain weight on every call: the
     59457 x 256 output projection of 8 rows took 7.8 ms packed against 13.1 ms plain (experiments/README.md,
-    "A packed copy of the output projection's weight"). Costs one more tensor of the weight's size. A weight made
-    under `torch.inference_mode` has no version counter: it is used as it is (oneDNN's linear takes either)."""
+    "A packed copy of the output projection's weight"). Costs one more tensor of the weight's size, and one packing
+    per weight version (48 ms at 59457 x 256, 290 ms at 59457 x 1024 on a 2-core AMD EPYC): a CPU run that updates
+    the weight between every few generation calls (SCST) packs that often. A weight made under
+    `torch.inference_mode` has no version counter: it is used as it is (oneDNN's linear takes either)."""
     if weight.is_inference():
         return weight
     key = (weight.data_ptr(), weight._version)
